@@ -1,0 +1,234 @@
+"""The attribution decision for one shard of the address space: learn ownership from heartbeats, hold
+each flow's remote-address lookup until event time has passed its start plus the delay, answer it from
+the remote host's own report of the connection or from the ownership range covering its start, retry
+while new ownership arrives, and give up as unattributed at the maximum wait. Never guess."""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from dataflow import ownership
+from dataflow.config import AttributionConfig
+from dataflow.records import ATTRIBUTED_OUTCOME, CONFLICT, EXPIRED, NO_OWNER, UNATTRIBUTED, attributed
+
+Flow = dict[str, Any]
+# (local_ip, local_port, remote_ip, remote_port) as the reporting host saw it.
+ConnectionKey = tuple[str, int, str, int]
+
+
+@dataclass(slots=True)
+class ShardWork:
+    """What one input batch brings to one shard, in arrival order within each list."""
+
+    claims: list[tuple[str, str, int, int]] = field(default_factory=list)  # ip, workload, start, end
+    connections: list[tuple[ConnectionKey, int, str]] = field(default_factory=list)  # key, start, workload
+    ip_events: list[tuple[str, str | None, int]] = field(default_factory=list)  # ip, owner/None, time
+    lookups: list[Flow] = field(default_factory=list)
+    max_event_ms: int = 0
+
+
+class Shard:
+    """State and decisions for the addresses that hash to one shard."""
+
+    def __init__(self, settings: AttributionConfig):
+        self.delay_ms = int(settings.delay_s * 1000)
+        self.max_wait_ms = int(settings.max_wait_s * 1000)
+        self.retention_ms = int(settings.retention_s * 1000)
+        self.max_ranges = settings.max_ranges_per_ip
+        self.guard_ms = settings.skew_guard_ms
+        self.window_ms = settings.connection_window_ms
+        self.idle_ms = int(settings.idle_advance_s * 1000)
+        self.ranges: dict[str, list] = {}
+        self.events: dict[str, list] = {}
+        self.connections: dict[ConnectionKey, list[tuple[int, str]]] = {}
+        self.connection_order: deque[tuple[int, ConnectionKey]] = deque()
+        self.first_tries: list[tuple[int, int, Flow]] = []
+        # Lookups past their first try wait here for new ownership of their address; each entry is
+        # [deadline, seq, flow, waiting] and also sits in `deadlines` until it is answered or expires.
+        self.waiting: dict[str, list[list]] = {}
+        self.deadlines: list[list] = []
+        self.seq = 0
+        self.clock_ms = 0
+        self.last_input_wall_ms = 0
+        self.clock_at_last_input = 0
+        self.next_prune_ms = 0
+        self.next_range_prune_ms = 0
+
+    def pending(self) -> int:
+        return len(self.first_tries) + sum(len(entries) for entries in self.waiting.values())
+
+    def absorb(self, work: ShardWork, wall_ms: int) -> list[Flow]:
+        """Take one batch of work, return the flows decided because of it."""
+        touched = set()
+        waiting = self.waiting
+        for ip, workload, start, end in work.claims:
+            spans = self.ranges.get(ip)
+            if spans is None:
+                spans = self.ranges[ip] = []
+            ownership.claim(spans, workload, start, end, self.max_ranges)
+            if ip in waiting:
+                touched.add(ip)
+        for key, start, workload in work.connections:
+            reports = self.connections.get(key)
+            if reports is None:
+                self.connections[key] = [(start, workload)]
+            else:
+                reports.append((start, workload))
+            self.connection_order.append((start, key))
+            if key[0] in waiting:
+                touched.add(key[0])
+        for ip, owner, time_ms in work.ip_events:
+            events = self.events.get(ip)
+            if events is None:
+                events = self.events[ip] = []
+            ownership.assign(events, owner, time_ms)
+            if ip in waiting:
+                touched.add(ip)
+        decided = []
+        horizon = self.clock_ms - self.retention_ms
+        for flow in work.lookups:
+            start = flow["start_ms"]
+            if start < horizon:
+                decided.append(attributed(flow, UNATTRIBUTED, reason=EXPIRED))
+                continue
+            self.seq += 1
+            heapq.heappush(self.first_tries, (start + self.delay_ms, self.seq, flow))
+        if work.max_event_ms > self.clock_ms:
+            self.clock_ms = work.max_event_ms
+        self.last_input_wall_ms = wall_ms
+        self.clock_at_last_input = self.clock_ms
+        for ip in touched:
+            self._retry(ip, decided)
+        self._decide_due(decided)
+        if self.clock_ms >= self.next_prune_ms:
+            self._prune()
+        return decided
+
+    def tick(self, wall_ms: int) -> list[Flow]:
+        """While no input arrives, let event time follow the wall clock so that no lookup waits forever."""
+        idle = wall_ms - self.last_input_wall_ms
+        if idle < self.idle_ms:
+            return []
+        self.clock_ms = max(self.clock_ms, self.clock_at_last_input + idle)
+        decided: list[Flow] = []
+        self._decide_due(decided)
+        return decided
+
+    def finish(self) -> list[Flow]:
+        """End of input (file mode): answer every pending lookup from what is known, or give up."""
+        decided: list[Flow] = []
+        while self.first_tries:
+            _, _, flow = heapq.heappop(self.first_tries)
+            decided.append(self._answer(flow) or _no_owner(flow))
+        for entry in self.deadlines:
+            if entry[3]:
+                decided.append(self._answer(entry[2]) or _no_owner(entry[2]))
+        self.deadlines.clear()
+        self.waiting.clear()
+        return decided
+
+    def _decide_due(self, decided: list[Flow]) -> None:
+        clock = self.clock_ms
+        first_tries = self.first_tries
+        while first_tries and first_tries[0][0] <= clock:
+            _, seq, flow = heapq.heappop(first_tries)
+            answer = self._answer(flow)
+            if answer is not None:
+                decided.append(answer)
+                continue
+            deadline = flow["start_ms"] + self.max_wait_ms
+            if deadline <= clock:
+                decided.append(_no_owner(flow))
+                continue
+            entry = [deadline, seq, flow, True]
+            self.waiting.setdefault(flow["remote_ip"], []).append(entry)
+            heapq.heappush(self.deadlines, entry)
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= clock:
+            entry = heapq.heappop(deadlines)
+            if not entry[3]:
+                continue
+            entry[3] = False
+            flow = entry[2]
+            ip = flow["remote_ip"]
+            entries = [e for e in self.waiting.get(ip, ()) if e[3]]
+            if entries:
+                self.waiting[ip] = entries
+            else:
+                self.waiting.pop(ip, None)
+            decided.append(self._answer(flow) or _no_owner(flow))
+
+    def _retry(self, ip: str, decided: list[Flow]) -> None:
+        still = []
+        for entry in self.waiting[ip]:
+            if not entry[3]:
+                continue
+            answer = self._answer(entry[2])
+            if answer is None:
+                still.append(entry)
+            else:
+                entry[3] = False
+                decided.append(answer)
+        if still:
+            self.waiting[ip] = still
+        else:
+            del self.waiting[ip]
+
+    def _answer(self, flow: Flow) -> Flow | None:
+        """The decision for one flow's remote address, or None while no evidence covers its start."""
+        ip, start = flow["remote_ip"], flow["start_ms"]
+        reports = self.connections.get((ip, flow["remote_port"], flow["local_ip"], flow["local_port"]))
+        if reports:
+            names = {w for s, w in reports if abs(s - start) <= self.window_ms}
+            if len(names) == 1:
+                return attributed(flow, ATTRIBUTED_OUTCOME, names.pop(), None, "heartbeat", "connection")
+            if names:
+                return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
+        spans = self.ranges.get(ip)
+        if spans:
+            owner = ownership.owner_at(spans, start, self.guard_ms)
+            if owner is ownership.CONFLICT:
+                return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
+            if owner is None:
+                return None
+            return attributed(flow, ATTRIBUTED_OUTCOME, owner, None, "heartbeat", "range")
+        # Assignment events speak only for addresses that never sent a heartbeat.
+        events = self.events.get(ip)
+        if events:
+            owner = ownership.assigned_at(events, start)
+            if owner is not None:
+                return attributed(flow, ATTRIBUTED_OUTCOME, owner, None, "ip_event", "event")
+        return None
+
+    def _prune(self) -> None:
+        if self.clock_ms >= self.next_range_prune_ms:
+            # A sweep of every address is costly; retention only needs it a few times per period.
+            horizon = self.clock_ms - self.retention_ms
+            for ip in list(self.ranges):
+                spans = self.ranges[ip]
+                ownership.prune(spans, horizon)
+                if not spans:
+                    del self.ranges[ip]
+            for ip in list(self.events):
+                ownership.prune_events(self.events[ip], horizon)
+            self.next_range_prune_ms = self.clock_ms + max(self.retention_ms // 4, 1000)
+        # A connection report is wanted only until the other side's lookup has been answered.
+        report_horizon = self.clock_ms - self.max_wait_ms - self.delay_ms
+        order = self.connection_order
+        while order and order[0][0] < report_horizon:
+            _, key = order.popleft()
+            reports = self.connections.get(key)
+            if reports is not None:
+                reports = [r for r in reports if r[0] >= report_horizon]
+                if reports:
+                    self.connections[key] = reports
+                else:
+                    del self.connections[key]
+        self.next_prune_ms = self.clock_ms + max(self.delay_ms, 1000)
+
+
+def _no_owner(flow: Flow) -> Flow:
+    return attributed(flow, UNATTRIBUTED, reason=NO_OWNER)

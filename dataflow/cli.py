@@ -1,0 +1,187 @@
+"""The `flowattr` command: run the job (embedded, on files, or on Kafka), simulate a fleet, tail a topic,
+and the exporter's commands."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+
+from dataflow import simulate as sim
+from dataflow.config import Config, ConfigError, load_config
+from dataflow.routing import Tally
+from dataflow.summary import file_run_summary, render
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flowattr", description=__doc__)
+    parser.add_argument("--config", help="TOML configuration file (also FLOWATTR_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the attribution job")
+    run.add_argument("--embedded", action="store_true", help="simulate a small fleet and attribute it, no Kafka needed")
+    run.add_argument("--input-dir", help="file mode: read flows.ndjson, forwarded.ndjson, ip_events.ndjson here")
+    run.add_argument("--output-dir", help="file mode: write outputs here")
+    run.add_argument("--brokers", help="Kafka bootstrap servers (Kafka mode)")
+    run.add_argument("--region", help="this job's region")
+    run.add_argument("-w", "--workers", type=int, default=1, help="worker threads in this process")
+    run.add_argument("--summary-every", type=float, default=30.0, help="Kafka mode: seconds between summary lines")
+    run.set_defaults(handler=_run)
+
+    simulate = sub.add_parser("simulate", help="write a simulated fleet's input files and its truth")
+    simulate.add_argument("output", help="folder to write")
+    simulate.add_argument("--seed", type=int, default=sim.Scenario.seed)
+    simulate.add_argument("--minutes", type=int, default=sim.Scenario.duration_s // 60)
+    simulate.add_argument("--start-ms", type=int, help="simulated start (default: that many minutes ago)")
+    simulate.set_defaults(handler=_simulate)
+
+    tail = sub.add_parser("tail", help="print a topic's records, one JSON record per line")
+    tail.add_argument("topic")
+    tail.add_argument("--brokers", help="Kafka bootstrap servers")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    tail.set_defaults(handler=_tail)
+
+    try:
+        from exporter.cli import register
+    except ImportError:
+        register = None
+    if register is not None:
+        register(sub)
+
+    args = parser.parse_args(argv)
+    overrides = {
+        "kafka.brokers": getattr(args, "brokers", None),
+        "region": getattr(args, "region", None),
+        "files.input_dir": getattr(args, "input_dir", None),
+        "files.output_dir": getattr(args, "output_dir", None),
+    }
+    try:
+        config = load_config(args.config, overrides=overrides)
+        return args.handler(args, config) or 0
+    except (ConfigError, ConnectionError) as e:
+        print(f"flowattr: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args, config: Config) -> int:
+    from bytewax.run import cli_main
+
+    from dataflow.flow import build
+
+    truth = None
+    if args.embedded:
+        config, truth = _embedded(config)
+    elif not config.files.input_dir and not config.kafka.brokers:
+        raise ConfigError("give --embedded, --input-dir DIR, or --brokers HOST:PORT (or kafka.brokers in the config)")
+
+    tally = Tally()
+    if config.files.input_dir:
+        out = Path(config.files.output_dir)
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.monotonic()
+        cli_main(build(config, tally), workers_per_process=args.workers)
+        elapsed = time.monotonic() - started
+        summary = file_run_summary(out, tally.snapshot(), truth)
+        print(f"flowattr run: {config.files.input_dir} -> {out} in {elapsed:.1f} s, region {config.region}")
+        print(render(summary))
+        if summary["unaccounted"]:
+            print(f"flowattr: {summary['unaccounted']} input records are unaccounted for", file=sys.stderr)
+            return 1
+        if summary.get("misattributed"):
+            print(f"flowattr: {summary['misattributed']} flows misattributed", file=sys.stderr)
+            return 1
+        return 0
+
+    flow = build(config, tally)
+    stop = threading.Event()
+    reporter = threading.Thread(target=_report_every, args=(tally, args.summary_every, stop), daemon=True)
+    reporter.start()
+    print(f"flowattr run: Kafka {config.kafka.brokers}, region {config.region}, {args.workers} worker(s)", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        cli_main(flow, workers_per_process=args.workers)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        print("flowattr run: stopped; " + _tally_line(tally), flush=True)
+    return 0
+
+
+def _interrupt(signum, frame):
+    # A pod is stopped with SIGTERM; end the run as Ctrl-C does, with the final summary line.
+    raise KeyboardInterrupt
+
+
+def _embedded(config: Config):
+    """A simulated fleet of a few dozen workloads, written to out/embedded, with the job set up for it."""
+    minutes = sim.Scenario.duration_s // 60
+    start_ms = (int(time.time()) // 60 - minutes - 5) * 60_000
+    scenario = sim.Scenario(start_ms=start_ms)
+    fleet = sim.simulate(scenario)
+    folder = sim.write(fleet, Path("out/embedded/input"))
+    print(
+        f"flowattr simulate: {scenario.services} workloads x {scenario.instances_per_service} instances, "
+        f"{minutes} min, {fleet.records} flow reports ({fleet.lost_records} lost with their batches) -> {folder}"
+    )
+    config = replace(
+        config,
+        region=sim.HOME,
+        regions=sim.regions_config(),
+        files=replace(config.files, input_dir=str(folder), output_dir="out/embedded/output"),
+    )
+    return config, fleet.truth
+
+
+def _simulate(args, config: Config) -> int:
+    minutes = args.minutes
+    start_ms = args.start_ms if args.start_ms is not None else (int(time.time()) // 60 - minutes - 5) * 60_000
+    scenario = sim.Scenario(seed=args.seed, start_ms=start_ms, duration_s=minutes * 60)
+    fleet = sim.simulate(scenario)
+    folder = sim.write(fleet, args.output)
+    print(f"{fleet.records} flow reports, {len(fleet.truth)} with known truth -> {folder}")
+    return 0
+
+
+def _tail(args, config: Config) -> int:
+    from dataflow.kafka_io import read_topic
+    from dataflow.records import iter_records
+
+    if not config.kafka.brokers:
+        raise ConfigError("give --brokers HOST:PORT (or kafka.brokers in the config)")
+    out = sys.stdout.buffer
+    try:
+        for message in read_topic(config.kafka.brokers, args.topic):
+            if message is None:
+                if not args.follow:
+                    return 0
+                continue
+            for record in iter_records(message.value()):
+                out.write(orjson.dumps(record) + b"\n")
+            out.flush()
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from None
+    except (KeyboardInterrupt, BrokenPipeError):
+        return 0
+    return 0
+
+
+def _report_every(tally: Tally, every_s: float, stop: threading.Event) -> None:
+    while not stop.wait(every_s):
+        print("flowattr run: " + _tally_line(tally), flush=True)
+
+
+def _tally_line(tally: Tally) -> str:
+    counts = tally.snapshot()
+    return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing yet"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

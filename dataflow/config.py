@@ -1,0 +1,193 @@
+"""The one configuration object: defaults, overlaid by a TOML file, then FLOWATTR_* environment
+variables, then command-line flags, each in this one place, then passed down to whatever needs it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    brokers: str = ""
+    raw_topic: str = "flows.raw"
+    ip_events_topic: str = "ip-events"
+    attributed_topic: str = "flows.attributed"
+    dlq_topic: str = "flows.dlq"
+    forward_prefix: str = "flows.forward."
+    # Topics the job creates when missing; existing topics keep their partition count.
+    partitions: int = 6
+    # Without recovery, a restarted job reads from here: "beginning" (backfill) or "end".
+    starting_offset: str = "beginning"
+    batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    delay_s: float = 60.0
+    max_wait_s: float = 300.0
+    retention_s: float = 3600.0
+    max_ranges_per_ip: int = 32
+    # Host clocks disagree by a few hundred ms; a range lookup this close to another owner's range
+    # is reported as a conflict rather than guessed.
+    skew_guard_ms: int = 1000
+    # The remote host's report of the same connection matches when its start is this close.
+    connection_window_ms: int = 2000
+    shards: int = 128
+    idle_advance_s: float = 5.0
+    max_future_s: float = 3600.0
+    max_age_s: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    exporter_id: str = ""
+    interval_s: float = 60.0
+    identity_file: str = "/etc/flowattr/identity"
+    pin_dir: str = "/sys/fs/bpf/flowattr"
+    buffer_max_records: int = 1_000_000
+    batch_records: int = 2000
+    max_connections: int = 65536
+
+
+@dataclass(frozen=True)
+class FilesConfig:
+    # File mode when input_dir is set: read its NDJSON files instead of Kafka, write output_dir.
+    input_dir: str = ""
+    output_dir: str = "out/run"
+
+
+@dataclass(frozen=True)
+class Config:
+    region: str = "local"
+    # region name -> list of CIDRs; a remote address in none of them is external.
+    regions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
+
+    def exporter_id(self) -> str:
+        return self.exporter.exporter_id or socket.gethostname()
+
+    def forward_topic(self, region: str) -> str:
+        return f"{self.kafka.forward_prefix}{region}"
+
+
+_SECTIONS = {
+    "kafka": KafkaConfig,
+    "attribution": AttributionConfig,
+    "exporter": ExporterConfig,
+    "files": FilesConfig,
+}
+ENV_PREFIX = "FLOWATTR_"
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the Config. `overrides` uses dotted names (`kafka.brokers`, `region`) as flags do."""
+    environ = os.environ if environ is None else environ
+    settings: dict[str, Any] = {}
+    path = path or environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as f:
+                settings = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    for name, value in _from_environ(environ).items():
+        _set(settings, name, value)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            _set(settings, name, value)
+    return _build(settings)
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """FLOWATTR_REGION, FLOWATTR_KAFKA__BROKERS, FLOWATTR_ATTRIBUTION__DELAY_S, ..."""
+    found = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        found[key[len(ENV_PREFIX) :].lower().replace("__", ".")] = value
+    return found
+
+
+def _set(settings: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, name = dotted.partition(".")
+    if name:
+        settings.setdefault(section, {})[name] = value
+    else:
+        settings[section] = value
+
+
+def _build(settings: Mapping[str, Any]) -> Config:
+    known = {"region", "regions", *_SECTIONS}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        raw = settings.get(name, {})
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"[{name}] must be a table")
+        sections[name] = _build_section(name, cls, raw)
+    regions = settings.get("regions", {})
+    if not isinstance(regions, Mapping) or not all(
+        isinstance(cidrs, (list, tuple)) for cidrs in regions.values()
+    ):
+        raise ConfigError("[regions] maps each region name to a list of CIDRs")
+    config = Config(
+        region=str(settings.get("region", Config.region)),
+        regions={str(r): tuple(str(c) for c in cidrs) for r, cidrs in regions.items()},
+        **sections,
+    )
+    _check(config)
+    return config
+
+
+def _build_section(section: str, cls: type, raw: Mapping[str, Any]):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for name, value in raw.items():
+        if name not in fields:
+            raise ConfigError(f"unknown setting {section}.{name}")
+        values[name] = _coerce(f"{section}.{name}", fields[name].type, value)
+    return cls(**values)
+
+
+def _coerce(name: str, type_name: str, value: Any) -> Any:
+    try:
+        if type_name == "int":
+            return int(value)
+        if type_name == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a {type_name}, got {value!r}") from None
+
+
+def _check(config: Config) -> None:
+    a = config.attribution
+    if a.delay_s < 0 or a.max_wait_s < a.delay_s:
+        raise ConfigError("attribution.max_wait_s must be at least attribution.delay_s (both >= 0)")
+    if a.shards < 1 or a.max_ranges_per_ip < 1:
+        raise ConfigError("attribution.shards and attribution.max_ranges_per_ip must be >= 1")
+    if config.kafka.starting_offset not in ("beginning", "end"):
+        raise ConfigError("kafka.starting_offset must be 'beginning' or 'end'")
+    if config.exporter.interval_s <= 0:
+        raise ConfigError("exporter.interval_s must be > 0")

@@ -1,0 +1,153 @@
+"""The Bytewax dataflow, top to bottom as in the diagram of DESIGN.md. The only module that imports
+Bytewax's operators; every decision it makes is delegated to plain modules.
+
+Run it in one process with `flowattr run`, or as a cluster with
+`python -m bytewax.run "dataflow.flow:from_environment()" -w W -i I -a "host0:port;host1:port"`,
+configured by FLOWATTR_CONFIG and FLOWATTR_* variables.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import bytewax.operators as op
+import orjson
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+
+from dataflow import file_io, kafka_io
+from dataflow.attribution import Shard, ShardWork
+from dataflow.config import Config, load_config
+from dataflow.records import encode_batch
+from dataflow.routing import Router, Tally
+
+NOT_SHARDS = ("forward", "external", "dead")
+RECORDS_PER_MESSAGE = 500
+
+
+def from_environment() -> Dataflow:
+    return build(load_config(), Tally())
+
+
+def build(config: Config, tally: Tally) -> Dataflow:
+    file_mode = bool(config.files.input_dir)
+    flow = Dataflow("flowattr")
+
+    if file_mode:
+        messages = op.input("read_files", flow, file_io.InputFolder(config.files.input_dir))
+    else:
+        kafka_io.ensure_topics(config)
+        streams = []
+        for topic, role in kafka_io.input_topics(config).items():
+            raw = op.input(f"read_{role}", flow, kafka_io.source(config, topic))
+            streams.append(op.map(f"as_message_{role}", raw, lambda m, role=role: kafka_io.as_message(m, role)))
+        messages = op.merge("messages", *streams)
+
+    router = Router(config, tally)
+    routed = op.flat_map_batch("decode_and_route", messages, router.route)
+    split = op.branch("split_shard_work", routed, lambda item: item[0] not in NOT_SHARDS)
+    by_shard = split.trues
+    others = split.falses
+
+    idle = None if file_mode else config.attribution.idle_advance_s
+    decided = op.stateful_batch(
+        "attribute", by_shard, lambda resume: ShardLogic(config, resume, idle)
+    )
+    decided_flows = op.map("decided_flows", decided, lambda key_flows: key_flows[1])
+    external = op.filter_map(
+        "external_flows", others, lambda item: item[1] if item[0] == "external" else None
+    )
+    answers = op.merge("answers", decided_flows, external)
+    answers = op.map("count_outcomes", answers, lambda flows: _count_outcomes(flows, tally))
+    forwards = op.filter_map("forwards", others, lambda item: item[1] if item[0] == "forward" else None)
+    dead = op.filter_map("dead_letters", others, lambda item: item[1].to_record() if item[0] == "dead" else None)
+
+    if file_mode:
+        out = config.files.output_dir
+        op.output(
+            "write_attributed",
+            op.flat_map("one_per_line", answers, lambda flows: flows),
+            file_io.OutputFiles(out, "attributed"),
+        )
+        for region in sorted(set(config.regions) - {config.region}):
+            to_region = op.flat_map(
+                f"forward_to_{region}", forwards, lambda f, r=region: f.flows if f.region == r else []
+            )
+            op.output(f"write_forward_{region}", to_region, file_io.OutputFiles(out, f"forward.{region}"))
+        op.output("write_dead_letters", dead, file_io.OutputFiles(out, "dlq"))
+    else:
+        k = config.kafka
+        op.output(
+            "write_attributed",
+            op.flat_map("encode_attributed", answers, lambda flows: _messages(flows, None)),
+            kafka_io.sink(config, k.attributed_topic),
+        )
+        op.output(
+            "write_forwards",
+            op.flat_map(
+                "encode_forwards", forwards, lambda f: _messages(f.flows, config.forward_topic(f.region))
+            ),
+            kafka_io.sink(config, None),
+        )
+        op.output(
+            "write_dead_letters",
+            op.map("encode_dead_letters", dead, lambda r: kafka_io.sink_message(orjson.dumps(r))),
+            kafka_io.sink(config, k.dlq_topic),
+        )
+    return flow
+
+
+class ShardLogic(StatefulBatchLogic):
+    """Bytewax's hold on one Shard: feeds it batches, wakes it while input is idle, snapshots it."""
+
+    def __init__(self, config: Config, resume: bytes | None, idle_s: float | None):
+        self.shard = pickle.loads(resume) if resume is not None else Shard(config.attribution)
+        self.idle = None if idle_s is None else timedelta(seconds=idle_s)
+
+    def on_batch(self, works: list[ShardWork]) -> tuple[list, bool]:
+        wall = _wall_ms()
+        decided = []
+        for work in works:
+            decided.extend(self.shard.absorb(work, wall))
+        return ([decided] if decided else []), StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list, bool]:
+        decided = self.shard.tick(_wall_ms())
+        return ([decided] if decided else []), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list, bool]:
+        if self.idle is not None:
+            return [], StatefulBatchLogic.RETAIN
+        decided = self.shard.finish()
+        return ([decided] if decided else []), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self.idle is None or not self.shard.pending():
+            return None
+        return datetime.now(timezone.utc) + self.idle
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.shard, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _count_outcomes(flows: list[dict[str, Any]], tally: Tally) -> list[dict[str, Any]]:
+    counts: Counter[str] = Counter()
+    for f in flows:
+        counts[f"out.{f['outcome']}" if f["reason"] is None else f"out.unattributed.{f['reason']}"] += 1
+    tally.add(counts)
+    return flows
+
+
+def _messages(records: list[dict[str, Any]], topic: str | None):
+    return [
+        kafka_io.sink_message(encode_batch(records[i : i + RECORDS_PER_MESSAGE]), topic)
+        for i in range(0, len(records), RECORDS_PER_MESSAGE)
+    ]

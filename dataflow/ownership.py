@@ -1,0 +1,104 @@
+"""Per-address ownership learned from heartbeats: time ranges in which a workload proved it owned the
+address, and the one question asked of them: who owned it at time t, if exactly one workload did.
+
+Ranges of one address are kept as one flat list [start, end, workload, start, end, workload, ...]
+sorted by start: a fleet has millions of addresses, and a flat list of ints and shared strings costs
+a fraction of a list of objects.
+"""
+
+from __future__ import annotations
+
+CONFLICT = object()
+"""owner_at's answer when more than one workload claims the time asked about."""
+
+
+def claim(spans: list, workload: str, start: int, end: int, max_ranges: int) -> None:
+    """Record that `workload` owned the address during [start, end].
+
+    Ranges of the same workload that overlap or touch are merged; ranges of different workloads are
+    kept side by side, overlapping or not, so that owner_at can see a conflict. Beyond `max_ranges`
+    the range that starts earliest is dropped.
+    """
+    if spans and spans[-1] == workload and spans[-3] <= start <= spans[-2]:
+        # The common case: the newest range of the same owner grows.
+        if end > spans[-2]:
+            spans[-2] = end
+        return
+    i = 0
+    while i < len(spans):
+        s, e, w = spans[i], spans[i + 1], spans[i + 2]
+        if w == workload and s <= end and start <= e:
+            start, end = min(start, s), max(end, e)
+            del spans[i : i + 3]
+            i = 0  # the grown range may now reach an earlier one
+            continue
+        i += 3
+    _insert(spans, start, end, workload)
+    if len(spans) > 3 * max_ranges:
+        del spans[:3]
+
+
+def _insert(spans: list, start: int, end: int, workload: str) -> None:
+    i = len(spans)
+    while i and spans[i - 3] > start:
+        i -= 3
+    spans[i:i] = (start, end, workload)
+
+
+def owner_at(spans: list, t: int, guard_ms: int):
+    """The workload whose range covers t, if it is the only workload with a range within guard_ms of t.
+
+    Returns None when no range covers t (the answer may still arrive), CONFLICT when two workloads
+    cover t or another workload's range comes within guard_ms of it (host clocks disagree by that
+    much, so the order of the two cannot be trusted).
+    """
+    covering = None
+    near = None
+    for i in range(0, len(spans), 3):
+        s = spans[i]
+        if s - guard_ms > t:
+            break
+        e, w = spans[i + 1], spans[i + 2]
+        if t > e + guard_ms:
+            continue
+        if near is None:
+            near = w
+        elif near != w:
+            return CONFLICT
+        if s <= t <= e:
+            covering = w
+    return covering
+
+
+def prune(spans: list, horizon: int) -> None:
+    """Drop ranges that ended before `horizon`."""
+    kept = [spans[i : i + 3] for i in range(0, len(spans), 3) if spans[i + 1] >= horizon]
+    spans[:] = [x for r in kept for x in r]
+
+
+def assign(events: list, owner: str | None, time_ms: int) -> None:
+    """Record an assignment event: `owner` from `time_ms` on (None: unassigned). Flat [time, owner, ...]."""
+    i = len(events)
+    while i and events[i - 2] > time_ms:
+        i -= 2
+    events[i:i] = (time_ms, owner)
+
+
+def assigned_at(events: list, t: int) -> str | None:
+    """The owner the latest assignment event at or before t names, if any."""
+    owner = None
+    for i in range(0, len(events), 2):
+        if events[i] > t:
+            break
+        owner = events[i + 1]
+    return owner
+
+
+def prune_events(events: list, horizon: int) -> None:
+    """Drop events superseded before `horizon`, keeping the one in force at the horizon."""
+    first = 0
+    for i in range(0, len(events), 2):
+        if events[i] <= horizon:
+            first = i
+    del events[:first]
+

@@ -1,0 +1,253 @@
+"""The record contract of docs/records.md: decoding and validating input messages, and encoding the
+job's outputs. A record that breaks the contract raises BadRecord, whose reason the dead letter keeps."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
+from typing import Any
+
+import orjson
+
+VERSION = 1
+FLOW, HEARTBEAT, IP_EVENT, ATTRIBUTED, DEAD_LETTER = (
+    "flow",
+    "heartbeat",
+    "ip_event",
+    "attributed",
+    "dead_letter",
+)
+ATTRIBUTED_OUTCOME, UNATTRIBUTED, EXTERNAL = "attributed", "unattributed", "external"
+NO_OWNER, CONFLICT, EXPIRED = "no_owner", "conflict", "expired"
+
+# Which kinds each input topic may carry.
+RAW, FORWARDED, IP_EVENTS = "raw", "forwarded", "ip_events"
+KINDS_BY_ROLE = {RAW: (FLOW, HEARTBEAT), FORWARDED: (FLOW,), IP_EVENTS: (IP_EVENT,)}
+
+
+class BadRecord(ValueError):
+    """A record that breaks the contract; `reason` is the dead letter's machine-readable code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a message came from; file mode uses the file path, partition 0 and the line number."""
+
+    topic: str
+    partition: int
+    offset: int
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBounds:
+    """Times outside [earliest_ms, latest_ms] are absurd for this run and dead-lettered."""
+
+    earliest_ms: int
+    latest_ms: int
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    reason: str
+    detail: str
+    original: bytes
+    origin: Origin
+    index: int | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        try:
+            text, b64 = self.original.decode("utf-8"), None
+        except UnicodeDecodeError:
+            text, b64 = None, base64.b64encode(self.original).decode("ascii")
+        return {
+            "v": VERSION,
+            "kind": DEAD_LETTER,
+            "reason": self.reason,
+            "detail": self.detail,
+            "original": text,
+            "original_b64": b64,
+            "topic": self.origin.topic,
+            "partition": self.origin.partition,
+            "offset": self.origin.offset,
+            "index": self.index,
+        }
+
+
+def decode_message(
+    value: bytes | None, origin: Origin, bounds: TimeBounds
+) -> tuple[list[dict[str, Any]], list[DeadLetter]]:
+    """One message (a record or a batch of them) -> its valid records and a dead letter per bad one."""
+    if not value:
+        return [], [DeadLetter("empty_message", "message has no value", value or b"", origin)]
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError as e:
+        return [], [DeadLetter("not_json", f"not JSON: {e}", value, origin)]
+    if isinstance(parsed, dict):
+        try:
+            return [check_record(parsed, origin.role, bounds)], []
+        except BadRecord as e:
+            return [], [DeadLetter(e.reason, e.detail, value, origin)]
+    if not isinstance(parsed, list):
+        detail = f"expected an object or an array of objects, got {type(parsed).__name__}"
+        return [], [DeadLetter("not_object", detail, value, origin)]
+    records, dead = [], []
+    for index, element in enumerate(parsed):
+        try:
+            records.append(check_record(element, origin.role, bounds))
+        except BadRecord as e:
+            dead.append(DeadLetter(e.reason, e.detail, orjson.dumps(element), origin, index))
+    return records, dead
+
+
+def check_record(record: Any, role: str, bounds: TimeBounds) -> dict[str, Any]:
+    """Validate one record in place (addresses made canonical) and return it."""
+    if not isinstance(record, dict):
+        raise BadRecord("not_object", f"batch element is {type(record).__name__}, not an object")
+    if record.get("v") != VERSION:
+        raise BadRecord("bad_version", f"v must be {VERSION}, got {record.get('v')!r}")
+    kind = record.get("kind")
+    if kind not in (FLOW, HEARTBEAT, IP_EVENT):
+        raise BadRecord("unknown_kind", f"kind {kind!r} is not flow, heartbeat or ip_event")
+    if kind not in KINDS_BY_ROLE[role]:
+        raise BadRecord("wrong_topic", f"a {kind} record does not belong on the {role} topic")
+    if kind == FLOW:
+        return _check_flow(record, bounds)
+    if kind == HEARTBEAT:
+        return _check_heartbeat(record, bounds)
+    return _check_ip_event(record, bounds)
+
+
+def _check_flow(r: dict[str, Any], bounds: TimeBounds) -> dict[str, Any]:
+    flow_id = _text(r, "flow_id")
+    if len(flow_id) > 200:
+        raise BadRecord("bad_type", "flow_id is longer than 200 characters")
+    _text(r, "exporter")
+    _text(r, "region")
+    local_ip, local_family = canonical_ip(_text(r, "local_ip"), "local_ip")
+    remote_ip, remote_family = canonical_ip(_text(r, "remote_ip"), "remote_ip")
+    if local_family != remote_family:
+        raise BadRecord("mixed_family", "local_ip and remote_ip are of different families")
+    r["local_ip"], r["remote_ip"] = local_ip, remote_ip
+    for name in ("local_port", "remote_port"):
+        port = _integer(r, name)
+        if not 0 <= port <= 65535:
+            raise BadRecord("bad_port", f"{name} {port} is outside 0-65535")
+    if r.get("direction") not in ("outbound", "inbound"):
+        raise BadRecord("bad_direction", f"direction {r.get('direction')!r} is not outbound or inbound")
+    _span(r, "start_ms", "end_ms", bounds)
+    for name in ("bytes_sent", "bytes_received"):
+        if _integer(r, name) < 0:
+            raise BadRecord("negative_bytes", f"{name} is negative")
+    workload = r.get("local_workload", _MISSING)
+    if workload is _MISSING:
+        raise BadRecord("missing_field", "local_workload is missing (null when unknown)")
+    if workload is not None and (not isinstance(workload, str) or not workload):
+        raise BadRecord("bad_type", "local_workload must be a non-empty string or null")
+    if not isinstance(r.get("open", False), bool):
+        raise BadRecord("bad_type", "open must be true or false")
+    return r
+
+
+def _check_heartbeat(r: dict[str, Any], bounds: TimeBounds) -> dict[str, Any]:
+    _text(r, "exporter")
+    _text(r, "region")
+    _text(r, "workload")
+    r["ip"], _ = canonical_ip(_text(r, "ip"), "ip")
+    _span(r, "start_ms", "end_ms", bounds)
+    return r
+
+
+def _check_ip_event(r: dict[str, Any], bounds: TimeBounds) -> dict[str, Any]:
+    _text(r, "owner")
+    r["ip"], _ = canonical_ip(_text(r, "ip"), "ip")
+    if r.get("action") not in ("assigned", "unassigned"):
+        raise BadRecord("bad_action", f"action {r.get('action')!r} is not assigned or unassigned")
+    _time(r, "time_ms", bounds)
+    return r
+
+
+_MISSING = object()
+
+
+def _text(r: dict[str, Any], name: str) -> str:
+    value = r.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        raise BadRecord("missing_field", f"{name} is missing")
+    if not isinstance(value, str) or not value:
+        raise BadRecord("bad_type", f"{name} must be a non-empty string")
+    return value
+
+
+def _integer(r: dict[str, Any], name: str) -> int:
+    value = r.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        raise BadRecord("missing_field", f"{name} is missing")
+    if type(value) is not int:
+        raise BadRecord("bad_type", f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def _time(r: dict[str, Any], name: str, bounds: TimeBounds) -> int:
+    value = _integer(r, name)
+    if not bounds.earliest_ms <= value <= bounds.latest_ms:
+        raise BadRecord("time_out_of_range", f"{name} {value} is outside the accepted time window")
+    return value
+
+
+def _span(r: dict[str, Any], start: str, end: str, bounds: TimeBounds) -> None:
+    if _time(r, end, bounds) < _time(r, start, bounds):
+        raise BadRecord("end_before_start", f"{end} is before {start}")
+
+
+def canonical_ip(text: str, name: str = "ip") -> tuple[str, int]:
+    """The one textual form state is keyed by, and the family; raises BadRecord for a non-address."""
+    try:
+        packed = inet_pton(AF_INET, text)
+        family = AF_INET
+    except OSError:
+        try:
+            packed = inet_pton(AF_INET6, text)
+            family = AF_INET6
+        except OSError:
+            raise BadRecord("bad_ip", f"{name} {text!r} is not an IPv4 or IPv6 address") from None
+    canonical = inet_ntop(family, packed)
+    if family == AF_INET6 and packed[:12] == b"\0" * 10 + b"\xff\xff":
+        return inet_ntop(AF_INET, packed[12:]), AF_INET
+    return canonical, family
+
+
+def attributed(
+    flow: dict[str, Any],
+    outcome: str,
+    remote_workload: str | None = None,
+    reason: str | None = None,
+    source: str | None = None,
+    match: str | None = None,
+) -> dict[str, Any]:
+    """The flow record turned into the job's answer for it."""
+    out = dict(flow)
+    out["kind"] = ATTRIBUTED
+    out["outcome"] = outcome
+    out["remote_workload"] = remote_workload
+    out["reason"] = reason
+    out["source"] = source
+    out["match"] = match
+    return out
+
+
+def encode_batch(records: list[dict[str, Any]]) -> bytes:
+    return orjson.dumps(records)
+
+
+def iter_records(value: bytes):
+    """Records of one message whatever its framing, for readers of the job's outputs."""
+    parsed = orjson.loads(value)
+    return parsed if isinstance(parsed, list) else [parsed]

@@ -1,0 +1,165 @@
+"""Decode a batch of input messages and send each record where it belongs: its heartbeat to the shard of
+its local address, its lookup to the shard of its remote address, to another region's forward topic,
+straight out as external, or to the dead letters. Grouping a whole input batch per shard keeps the
+per-item cost of the stream runtime off the per-record path."""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from dataflow.attribution import ShardWork
+from dataflow.config import Config
+from dataflow.records import (
+    EXTERNAL,
+    FLOW,
+    FORWARDED,
+    HEARTBEAT,
+    DeadLetter,
+    Origin,
+    TimeBounds,
+    attributed,
+    decode_message,
+)
+from dataflow.regions import RegionMap
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An input message, whether it came from Kafka or from a line of a file."""
+
+    value: bytes | None
+    origin: Origin
+    error: str | None = None  # the broker's error in place of a message
+
+
+@dataclass(slots=True)
+class Forward:
+    region: str
+    flows: list[dict[str, Any]]
+
+
+class Tally:
+    """Counts of what went in and where it went; shared by the worker threads of one process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, counts: dict[str, int] | Counter[str]) -> None:
+        with self._lock:
+            self.counts.update(counts)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+
+def shard_of(ip: str, shards: int) -> int:
+    # crc32, not hash(): the shard must be the same in every process of the cluster.
+    return zlib.crc32(ip.encode()) % shards
+
+
+class Router:
+    def __init__(self, config: Config, tally: Tally, now_ms=None):
+        self.home = config.region
+        self.regions = RegionMap(config.regions)
+        self.shards = config.attribution.shards
+        self.shard_keys = [f"{i:04d}" for i in range(self.shards)]
+        self.max_future_ms = int(config.attribution.max_future_s * 1000)
+        self.max_age_ms = int(config.attribution.max_age_s * 1000)
+        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.tally = tally
+
+    def route(self, messages: Iterable[Message]) -> list[tuple[str, Any]]:
+        """Returns (shard key, ShardWork), ("forward", Forward), ("external", flows), ("dead", DeadLetter)."""
+        now = self.now_ms()
+        bounds = TimeBounds(now - self.max_age_ms, now + self.max_future_ms)
+        works: dict[int, ShardWork] = {}
+        forwards: dict[str, list] = {}
+        external: list[dict[str, Any]] = []
+        dead: list[DeadLetter] = []
+        counts: Counter[str] = Counter()
+        for message in messages:
+            if message.error is None:
+                records, bad = decode_message(message.value, message.origin, bounds)
+            else:
+                records, bad = [], [DeadLetter("kafka_error", message.error, message.value or b"", message.origin)]
+            role = message.origin.role
+            counts[f"in.{role}"] += len(records) + len(bad)
+            for letter in bad:
+                counts[f"dead.{letter.reason}"] += 1
+            dead.extend(bad)
+            for record in records:
+                kind = record["kind"]
+                if kind == FLOW and record.get("open"):
+                    # An interim report of a connection still open: ownership only, answered when it closes.
+                    work = self._work(works, record["local_ip"])
+                    if record["local_workload"] is not None:
+                        work.claims.append(
+                            (record["local_ip"], record["local_workload"], record["start_ms"], record["end_ms"])
+                        )
+                    _later(work, record["end_ms"])
+                    counts["absorbed.open_flow"] += 1
+                elif kind == FLOW:
+                    self._route_flow(record, role, works, forwards, external)
+                elif kind == HEARTBEAT:
+                    work = self._work(works, record["ip"])
+                    work.claims.append((record["ip"], record["workload"], record["start_ms"], record["end_ms"]))
+                    _later(work, record["end_ms"])
+                    counts["absorbed.heartbeat"] += 1
+                else:
+                    work = self._work(works, record["ip"])
+                    owner = record["owner"] if record["action"] == "assigned" else None
+                    work.ip_events.append((record["ip"], owner, record["time_ms"]))
+                    counts["absorbed.ip_event"] += 1
+        out: list[tuple[str, Any]] = [(self.shard_keys[i], w) for i, w in works.items()]
+        for region, flows in forwards.items():
+            counts[f"forwarded.{region}"] += len(flows)
+            out.append(("forward", Forward(region, flows)))
+        if external:
+            counts["out.external"] += len(external)
+            out.append(("external", external))
+        out.extend(("dead", letter) for letter in dead)
+        self.tally.add(counts)
+        return out
+
+    def _work(self, works: dict[int, ShardWork], ip: str) -> ShardWork:
+        i = zlib.crc32(ip.encode()) % self.shards
+        work = works.get(i)
+        if work is None:
+            work = works[i] = ShardWork()
+        return work
+
+    def _route_flow(self, flow, role, works, forwards, external) -> None:
+        local_ip, remote_ip = flow["local_ip"], flow["remote_ip"]
+        remote_region = self.regions.region_of(remote_ip)
+        workload = flow["local_workload"]
+        # A forwarded flow's local address lives in another region: it is a lookup here, not a heartbeat.
+        if workload is not None and role != FORWARDED:
+            work = self._work(works, local_ip)
+            work.claims.append((local_ip, workload, flow["start_ms"], flow["end_ms"]))
+            if remote_region is not None:
+                key = (local_ip, flow["local_port"], remote_ip, flow["remote_port"])
+                work.connections.append((key, flow["start_ms"], workload))
+            _later(work, flow["end_ms"])
+        if remote_region is None:
+            external.append(attributed(flow, EXTERNAL))
+        elif remote_region != self.home and role != FORWARDED:
+            forwards.setdefault(remote_region, []).append(flow)
+        else:
+            work = self._work(works, remote_ip)
+            work.lookups.append(flow)
+            if role != FORWARDED:
+                _later(work, flow["end_ms"])
+
+
+def _later(work: ShardWork, time_ms: int) -> None:
+    # Only the raw topic moves a shard's event time: the forward and event topics are read at their
+    # own pace (in a backfill, far ahead), and would decide lookups before their heartbeats arrive.
+    if time_ms > work.max_event_ms:
+        work.max_event_ms = time_ms
