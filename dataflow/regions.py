@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Mapping
 
 import pytricia
@@ -15,11 +16,12 @@ class RegionMap:
         self._v6 = pytricia.PyTricia(128)
         for region, cidrs in regions.items():
             for cidr in cidrs:
-                trie = self._v6 if ":" in cidr else self._v4
                 try:
-                    trie[cidr] = region
-                except ValueError:
-                    raise ConfigError(f"region {region}: {cidr!r} is not a CIDR") from None
+                    network = ipaddress.ip_network(cidr)
+                except ValueError as e:
+                    raise ConfigError(f"region {region}: {e}") from None
+                trie = self._v6 if network.version == 6 else self._v4
+                trie[str(network)] = region
 
     def region_of(self, ip: str) -> str | None:
         """The region whose CIDRs hold `ip` (canonical text), or None for an external address."""

@@ -1,0 +1,36 @@
+import pytest
+
+from dataflow.config import ConfigError, load_config
+
+
+def test_file_then_environment_then_flags(tmp_path):
+    path = tmp_path / "flowattr.toml"
+    path.write_text('region = "eu-west"\n[kafka]\nbrokers = "k1:9092"\npartitions = 3\n'
+                    '[attribution]\ndelay_s = 30\n[regions]\neu-west = ["10.1.0.0/16"]\n')
+    config = load_config(path, environ={"FLOWATTR_KAFKA__PARTITIONS": "12", "FLOWATTR_ATTRIBUTION__DELAY_S": "45"},
+                         overrides={"attribution.delay_s": 20})
+    assert config.region == "eu-west"
+    assert config.kafka.brokers == "k1:9092" and config.kafka.partitions == 12
+    assert config.attribution.delay_s == 20.0
+    assert config.regions == {"eu-west": ("10.1.0.0/16",)}
+    assert config.forward_topic("us-east") == "flows.forward.us-east"
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"FLOWATTR_KAFKA__PARTITIONS": "many"}, "kafka.partitions must be a int"),
+    ({"FLOWATTR_KAFKA__NOPE": "1"}, "unknown setting kafka.nope"),
+    ({"FLOWATTR_ATTRIBUTION__MAX_WAIT_S": "10"}, "max_wait_s must be at least"),
+    ({"FLOWATTR_KAFKA__STARTING_OFFSET": "middle"}, "starting_offset"),
+])
+def test_bad_settings_are_named(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(environ=environ)
+
+
+def test_unreadable_or_invalid_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("region = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, environ={})

@@ -1,0 +1,114 @@
+import orjson
+import pytest
+
+from dataflow.records import FORWARDED, IP_EVENTS, RAW, BadRecord, Origin, TimeBounds, canonical_ip, decode_message
+
+NOW = 1_780_000_000_000
+BOUNDS = TimeBounds(NOW - 7 * 86_400_000, NOW + 3_600_000)
+RAW_ORIGIN = Origin("flows.raw", 3, 42, RAW)
+
+
+def flow(**changes):
+    record = {
+        "v": 1,
+        "kind": "flow",
+        "flow_id": "host-a:1",
+        "exporter": "host-a",
+        "region": "us-east",
+        "local_ip": "10.0.0.1",
+        "local_port": 40000,
+        "remote_ip": "10.0.0.2",
+        "remote_port": 443,
+        "direction": "outbound",
+        "start_ms": NOW - 5000,
+        "end_ms": NOW - 4000,
+        "bytes_sent": 10,
+        "bytes_received": 20,
+        "local_workload": "web",
+    }
+    record.update(changes)
+    return {k: v for k, v in record.items() if v is not DROP}
+
+
+DROP = object()
+
+
+def reason_for(record, origin=RAW_ORIGIN):
+    records, dead = decode_message(orjson.dumps(record), origin, BOUNDS)
+    assert records == []
+    [letter] = dead
+    return letter.reason
+
+
+def test_a_valid_flow_decodes_unchanged():
+    records, dead = decode_message(orjson.dumps(flow()), RAW_ORIGIN, BOUNDS)
+    assert dead == [] and records == [flow()]
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"v": 2}, "bad_version"),
+        ({"kind": "flowz"}, "unknown_kind"),
+        ({"flow_id": DROP}, "missing_field"),
+        ({"local_workload": DROP}, "missing_field"),
+        ({"local_port": "443"}, "bad_type"),
+        ({"local_port": True}, "bad_type"),
+        ({"remote_ip": "10.0.0.300"}, "bad_ip"),
+        ({"remote_ip": "fd00::2"}, "mixed_family"),
+        ({"remote_port": 70000}, "bad_port"),
+        ({"direction": "sideways"}, "bad_direction"),
+        ({"end_ms": NOW - 6000}, "end_before_start"),
+        ({"start_ms": 1, "end_ms": 2}, "time_out_of_range"),
+        ({"end_ms": NOW + 86_400_000}, "time_out_of_range"),
+        ({"bytes_sent": -1}, "negative_bytes"),
+        ({"local_workload": ""}, "bad_type"),
+    ],
+)
+def test_each_broken_flow_is_dead_lettered_with_its_reason(changes, reason):
+    assert reason_for(flow(**changes)) == reason
+
+
+def test_not_json_and_not_objects():
+    [letter] = decode_message(b"{nope", RAW_ORIGIN, BOUNDS)[1]
+    assert (letter.reason, letter.original, letter.origin.offset) == ("not_json", b"{nope", 42)
+    assert decode_message(b"17", RAW_ORIGIN, BOUNDS)[1][0].reason == "not_object"
+    assert decode_message(b"", RAW_ORIGIN, BOUNDS)[1][0].reason == "empty_message"
+
+
+def test_a_batch_dead_letters_only_its_bad_elements():
+    batch = [flow(), flow(flow_id="host-a:2", remote_ip="nope"), 5, flow(flow_id="host-a:3")]
+    records, dead = decode_message(orjson.dumps(batch), RAW_ORIGIN, BOUNDS)
+    assert [r["flow_id"] for r in records] == ["host-a:1", "host-a:3"]
+    assert [(d.reason, d.index) for d in dead] == [("bad_ip", 1), ("not_object", 2)]
+    assert orjson.loads(dead[0].original)["remote_ip"] == "nope"
+
+
+def test_records_on_the_wrong_topic():
+    assert reason_for(flow(), Origin("ip-events", 0, 0, IP_EVENTS)) == "wrong_topic"
+    heartbeat = {"v": 1, "kind": "heartbeat", "exporter": "h", "region": "r", "ip": "10.0.0.1",
+                 "workload": "web", "start_ms": NOW - 10, "end_ms": NOW}
+    assert reason_for(heartbeat, Origin("flows.forward.us-east", 0, 0, FORWARDED)) == "wrong_topic"
+
+
+def test_ip_events_and_heartbeats_validate():
+    event = {"v": 1, "kind": "ip_event", "ip": "10.0.255.1", "owner": "lb/x", "action": "moved", "time_ms": NOW}
+    assert reason_for(event, Origin("ip-events", 0, 0, IP_EVENTS)) == "bad_action"
+    event["action"] = "assigned"
+    assert decode_message(orjson.dumps(event), Origin("ip-events", 0, 0, IP_EVENTS), BOUNDS)[0] == [event]
+
+
+def test_dead_letter_record_keeps_the_bytes_and_where_they_came_from():
+    [letter] = decode_message(b"\xff\xfe", RAW_ORIGIN, BOUNDS)[1]
+    record = letter.to_record()
+    assert record["reason"] == "not_json"
+    assert record["original"] is None and record["original_b64"] == "//4="
+    assert (record["topic"], record["partition"], record["offset"]) == ("flows.raw", 3, 42)
+
+
+def test_addresses_are_keyed_by_one_canonical_form():
+    assert canonical_ip("2001:DB8::0:1") == ("2001:db8::1", 10)
+    assert canonical_ip("::ffff:10.0.3.7")[0] == "10.0.3.7"
+    with pytest.raises(BadRecord) as e:
+        canonical_ip("example.com")
+    assert e.value.reason == "bad_ip"
