@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
@@ -106,13 +107,29 @@ def _run(args, config: Config) -> int:
     print(f"flowattr run: Kafka {config.kafka.brokers}, region {config.region}, {args.workers} worker(s)", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        cli_main(flow, workers_per_process=args.workers)
+        cli_main(flow, workers_per_process=args.workers, **_recovery(config))
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
         print("flowattr run: stopped; " + _tally_line(tally), flush=True)
     return 0
+
+
+def _recovery(config: Config) -> dict:
+    """Bytewax's recovery settings, creating the recovery partitions on first use."""
+    if not config.recovery.dir:
+        return {}
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    folder = Path(config.recovery.dir)
+    if not any(folder.glob("*.sqlite3")):
+        folder.mkdir(parents=True, exist_ok=True)
+        init_db_dir(folder, 1)
+    return {
+        "epoch_interval": timedelta(seconds=config.recovery.snapshot_s),
+        "recovery_config": RecoveryConfig(folder, timedelta(seconds=config.recovery.backup_s)),
+    }
 
 
 def _interrupt(signum, frame):

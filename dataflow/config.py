@@ -67,6 +67,15 @@ class FilesConfig:
 
 
 @dataclass(frozen=True)
+class RecoveryConfig:
+    # Bytewax recovery: Kafka offsets and the shards' state survive a restart. Without it a restart
+    # reads from kafka.starting_offset and ownership is relearned from the flows within minutes.
+    dir: str = ""
+    snapshot_s: float = 30.0
+    backup_s: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     region: str = "local"
     # region name -> list of CIDRs; a remote address in none of them is external.
@@ -75,6 +84,7 @@ class Config:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
 
     def exporter_id(self) -> str:
         return self.exporter.exporter_id or socket.gethostname()
@@ -88,6 +98,7 @@ _SECTIONS = {
     "attribution": AttributionConfig,
     "exporter": ExporterConfig,
     "files": FilesConfig,
+    "recovery": RecoveryConfig,
 }
 ENV_PREFIX = "FLOWATTR_"
 

@@ -13,53 +13,71 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from dataflow.records import FORWARDED, IP_EVENTS, RAW, Origin
 from dataflow.routing import Message
 
-# The file names an input folder holds, and the topic each stands for.
-INPUT_FILES = {"flows.ndjson": RAW, "forwarded.ndjson": FORWARDED, "ip_events.ndjson": IP_EVENTS}
+# The files an input folder may hold, the topic each stands for, in the order they are read. The side
+# inputs come first: a recording is finished, so its assignment events and forwarded lookups can be
+# known before the main stream, which keeps every run over the same folder giving the same answers.
+INPUT_FILES = {"ip_events.ndjson": IP_EVENTS, "forwarded.ndjson": FORWARDED, "flows.ndjson": RAW}
 LINES_PER_BATCH = 500
 
 
-class LinesPartition(StatefulSourcePartition[Message, int]):
-    def __init__(self, path: Path, role: str, resume_line: int):
-        self._path = str(path)
-        self._role = role
-        self._file = open(path, "rb")
+class FolderPartition(StatefulSourcePartition[Message, tuple[int, int]]):
+    """The input files one after another; the resume state is (file number, lines read in it)."""
+
+    def __init__(self, files: list[tuple[Path, str]], resume: tuple[int, int]):
+        self._files = files
+        self._index, skip = resume
+        self._file = None
         self._line = 0
-        for _ in range(resume_line):
-            self._file.readline()
-            self._line += 1
+        self._open(skip)
+
+    def _open(self, skip: int) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._index < len(self._files):
+            self._file = open(self._files[self._index][0], "rb")
+            self._line = 0
+            for _ in range(skip):
+                self._file.readline()
+                self._line += 1
 
     def next_batch(self) -> list[Message]:
+        if self._file is None:
+            raise StopIteration()
+        path, role = self._files[self._index]
         batch = []
         for _ in range(LINES_PER_BATCH):
             line = self._file.readline()
             if not line:
-                if not batch:
-                    raise StopIteration()
+                self._index += 1
+                self._open(0)
                 break
             self._line += 1
             value = line.rstrip(b"\r\n")
             if value:
-                batch.append(Message(value, Origin(self._path, 0, self._line, self._role)))
+                batch.append(Message(value, Origin(str(path), 0, self._line, role)))
         return batch
 
-    def snapshot(self) -> int:
-        return self._line
+    def snapshot(self) -> tuple[int, int]:
+        return (self._index, self._line)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
-class InputFolder(FixedPartitionedSource[Message, int]):
-    """Each present input file is one partition, read in order by one worker."""
+class InputFolder(FixedPartitionedSource[Message, tuple[int, int]]):
+    """One partition: the folder's files, read in INPUT_FILES order by one worker."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
 
     def list_parts(self) -> list[str]:
-        return [name for name in INPUT_FILES if (self.folder / name).exists()]
+        return ["folder"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> LinesPartition:
-        return LinesPartition(self.folder / for_part, INPUT_FILES[for_part], resume_state or 0)
+    def build_part(self, step_id: str, for_part: str, resume_state) -> FolderPartition:
+        files = [(self.folder / name, role) for name, role in INPUT_FILES.items() if (self.folder / name).exists()]
+        return FolderPartition(files, resume_state or (0, 0))
 
 
 class LinesWriter(StatelessSinkPartition[Any]):

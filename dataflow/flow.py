@@ -54,9 +54,8 @@ def build(config: Config, tally: Tally) -> Dataflow:
     others = split.falses
 
     idle = None if file_mode else config.attribution.idle_advance_s
-    decided = op.stateful_batch(
-        "attribute", by_shard, lambda resume: ShardLogic(config, resume, idle)
-    )
+    recovery = bool(config.recovery.dir)
+    decided = op.stateful_batch("attribute", by_shard, lambda resume: ShardLogic(config, resume, idle, recovery))
     decided_flows = op.map("decided_flows", decided, lambda key_flows: key_flows[1])
     external = op.filter_map(
         "external_flows", others, lambda item: item[1] if item[0] == "external" else None
@@ -104,9 +103,10 @@ def build(config: Config, tally: Tally) -> Dataflow:
 class ShardLogic(StatefulBatchLogic):
     """Bytewax's hold on one Shard: feeds it batches, wakes it while input is idle, snapshots it."""
 
-    def __init__(self, config: Config, resume: bytes | None, idle_s: float | None):
+    def __init__(self, config: Config, resume: bytes | None, idle_s: float | None, recovery: bool):
         self.shard = pickle.loads(resume) if resume is not None else Shard(config.attribution)
         self.idle = None if idle_s is None else timedelta(seconds=idle_s)
+        self.recovery = recovery
 
     def on_batch(self, works: list[ShardWork]) -> tuple[list, bool]:
         wall = _wall_ms()
@@ -130,7 +130,11 @@ class ShardLogic(StatefulBatchLogic):
             return None
         return datetime.now(timezone.utc) + self.idle
 
-    def snapshot(self) -> bytes:
+    def snapshot(self) -> bytes | None:
+        # The runtime asks at every epoch even without recovery; copying a large shard for nothing
+        # would cost more than the attribution itself.
+        if not self.recovery:
+            return None
         return pickle.dumps(self.shard, protocol=pickle.HIGHEST_PROTOCOL)
 
 
