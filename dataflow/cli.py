@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -83,6 +84,13 @@ def _run(args, config: Config) -> int:
         raise ConfigError("give --embedded, --input-dir DIR, or --brokers HOST:PORT (or kafka.brokers in the config)")
 
     tally = Tally()
+    addresses, process_id = config.cluster_addresses(socket.gethostname())
+    cluster = {} if addresses is None else {"addresses": addresses, "process_id": process_id}
+    if config.files.input_dir and addresses is not None:
+        # One process of a cluster sees only its own part of the tally; the outputs are shared.
+        cli_main(build(config, tally), workers_per_process=args.workers, **cluster)
+        print(f"flowattr run: process {process_id} of {len(addresses)} done; " + _tally_line(tally))
+        return 0
     if config.files.input_dir:
         out = Path(config.files.output_dir)
         shutil.rmtree(out, ignore_errors=True)
@@ -104,10 +112,14 @@ def _run(args, config: Config) -> int:
     stop = threading.Event()
     reporter = threading.Thread(target=_report_every, args=(tally, args.summary_every, stop), daemon=True)
     reporter.start()
-    print(f"flowattr run: Kafka {config.kafka.brokers}, region {config.region}, {args.workers} worker(s)", flush=True)
+    where = "" if addresses is None else f", process {process_id} of {len(addresses)}"
+    print(
+        f"flowattr run: Kafka {config.kafka.brokers}, region {config.region}, {args.workers} worker(s){where}",
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        cli_main(flow, workers_per_process=args.workers, **_recovery(config))
+        cli_main(flow, workers_per_process=args.workers, **cluster, **_recovery(config))
     except KeyboardInterrupt:
         pass
     finally:

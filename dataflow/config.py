@@ -76,6 +76,18 @@ class RecoveryConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    # Several `flowattr run` processes form one Bytewax cluster. Either list every process's
+    # host:port (";"-separated, this process found by process_id), or, in a StatefulSet, give the
+    # replica count and the headless service's domain: pod N is process N at <pod>.<peer_domain>:port.
+    addresses: str = ""
+    process_id: int = -1
+    replicas: int = 1
+    peer_domain: str = ""
+    port: int = 9999
+
+
+@dataclass(frozen=True)
 class Config:
     region: str = "local"
     # region name -> list of CIDRs; a remote address in none of them is external.
@@ -85,12 +97,34 @@ class Config:
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def exporter_id(self) -> str:
         return self.exporter.exporter_id or socket.gethostname()
 
     def forward_topic(self, region: str) -> str:
         return f"{self.kafka.forward_prefix}{region}"
+
+    def cluster_addresses(self, hostname: str) -> tuple[list[str] | None, int | None]:
+        """(every process's address, this one's index), or (None, None) for a single process."""
+        c = self.cluster
+        if c.addresses:
+            addresses = [a for a in c.addresses.split(";") if a]
+            if not 0 <= c.process_id < len(addresses):
+                raise ConfigError(f"cluster.process_id must be 0..{len(addresses) - 1} for {len(addresses)} addresses")
+            return addresses, c.process_id
+        if c.replicas <= 1:
+            return None, None
+        base, _, ordinal = hostname.rpartition("-")
+        if not base or not ordinal.isdigit() or not c.peer_domain:
+            raise ConfigError(
+                f"cluster.replicas is {c.replicas}: the host name ({hostname!r}) must end in a StatefulSet "
+                "ordinal and cluster.peer_domain must be set"
+            )
+        addresses = [f"{base}-{i}.{c.peer_domain}:{c.port}" for i in range(c.replicas)]
+        if int(ordinal) >= c.replicas:
+            raise ConfigError(f"pod ordinal {ordinal} is beyond cluster.replicas {c.replicas}")
+        return addresses, int(ordinal)
 
 
 _SECTIONS = {
@@ -99,6 +133,7 @@ _SECTIONS = {
     "exporter": ExporterConfig,
     "files": FilesConfig,
     "recovery": RecoveryConfig,
+    "cluster": ClusterConfig,
 }
 ENV_PREFIX = "FLOWATTR_"
 

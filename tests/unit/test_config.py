@@ -34,3 +34,19 @@ def test_unreadable_or_invalid_file(tmp_path):
     bad.write_text("region = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad, environ={})
+
+
+def test_statefulset_pods_find_their_peers_and_their_own_index():
+    config = load_config(environ={"FLOWATTR_CLUSTER__REPLICAS": "3", "FLOWATTR_CLUSTER__PEER_DOMAIN": "flowattr.ns.svc"})
+    addresses, me = config.cluster_addresses("flowattr-2")
+    assert addresses == [f"flowattr-{i}.flowattr.ns.svc:9999" for i in range(3)] and me == 2
+    with pytest.raises(ConfigError, match="ordinal"):
+        config.cluster_addresses("laptop")
+    assert load_config(environ={}).cluster_addresses("flowattr-0") == (None, None)
+
+
+def test_explicit_cluster_addresses():
+    config = load_config(environ={"FLOWATTR_CLUSTER__ADDRESSES": "a:1;b:2", "FLOWATTR_CLUSTER__PROCESS_ID": "1"})
+    assert config.cluster_addresses("whatever") == (["a:1", "b:2"], 1)
+    with pytest.raises(ConfigError, match="process_id"):
+        load_config(environ={"FLOWATTR_CLUSTER__ADDRESSES": "a:1"}).cluster_addresses("x")
