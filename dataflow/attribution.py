@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,10 @@ ConnectionKey = tuple[str, int, str, int]
 class ShardWork:
     """What one input batch brings to one shard, in arrival order within each list."""
 
-    claims: list[tuple[str, str, int, int]] = field(default_factory=list)  # ip, workload, start, end
+    # (ip, workload, start, end): whole-interval heartbeats first, so that the claims of the flows
+    # within them are found already covered and cost nothing.
+    heartbeats: list[tuple[str, str, int, int]] = field(default_factory=list)
+    claims: list[tuple[str, str, int, int]] = field(default_factory=list)
     connections: list[tuple[ConnectionKey, int, str]] = field(default_factory=list)  # key, start, workload
     ip_events: list[tuple[str, str | None, int]] = field(default_factory=list)  # ip, owner/None, time
     lookups: list[Flow] = field(default_factory=list)
@@ -64,7 +68,7 @@ class Shard:
         """Take one batch of work, return the flows decided because of it."""
         touched = set()
         waiting = self.waiting
-        for ip, workload, start, end in work.claims:
+        for ip, workload, start, end in chain(work.heartbeats, work.claims):
             spans = self.ranges.get(ip)
             if spans is None:
                 spans = self.ranges[ip] = []

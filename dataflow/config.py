@@ -57,6 +57,13 @@ class ExporterConfig:
     buffer_max_records: int = 1_000_000
     batch_records: int = 2000
     max_connections: int = 65536
+    # Entries in each pinned workload map (IP -> workload, (IP, port) -> workload).
+    max_workloads: int = 16384
+    # Ring buffer between kernel and agent, in 4 KiB pages (a power of two); 168 bytes per connection.
+    ring_pages: int = 1024
+    # 1: also report connections on 127.0.0.0/8 and ::1. Off by default: every host owns those
+    # addresses, so their heartbeats would only make conflicts.
+    capture_loopback: int = 0
 
 
 @dataclass(frozen=True)

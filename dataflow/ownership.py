@@ -24,6 +24,10 @@ def claim(spans: list, workload: str, start: int, end: int, max_ranges: int) -> 
         if end > spans[-2]:
             spans[-2] = end
         return
+    for i in range(len(spans) - 3, -1, -3):
+        # Next most common: a range of the same owner already holds the whole claim.
+        if spans[i + 2] == workload and spans[i] <= start and end <= spans[i + 1]:
+            return
     i = 0
     while i < len(spans):
         s, e, w = spans[i], spans[i + 1], spans[i + 2]

@@ -100,7 +100,7 @@ class Router:
                     # An interim report of a connection still open: ownership only, answered when it closes.
                     work = self._work(works, record["local_ip"])
                     if record["local_workload"] is not None:
-                        work.claims.append(
+                        work.heartbeats.append(
                             (record["local_ip"], record["local_workload"], record["start_ms"], record["end_ms"])
                         )
                     _later(work, record["end_ms"])
@@ -109,7 +109,7 @@ class Router:
                     self._route_flow(record, role, works, forwards, external)
                 elif kind == HEARTBEAT:
                     work = self._work(works, record["ip"])
-                    work.claims.append((record["ip"], record["workload"], record["start_ms"], record["end_ms"]))
+                    work.heartbeats.append((record["ip"], record["workload"], record["start_ms"], record["end_ms"]))
                     _later(work, record["end_ms"])
                     counts["absorbed.heartbeat"] += 1
                 else:

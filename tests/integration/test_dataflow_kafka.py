@@ -1,0 +1,182 @@
+"""The job on a real Kafka broker: raw, forward and event topics in; attributed, forward and dead-letter
+topics out; every flow checked against the simulation's truth; counts in equal counts out."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from dataflow import simulate as sim
+from dataflow.config import load_config
+from dataflow.file_io import read_outputs
+from dataflow.kafka_io import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.kafka
+
+BAD_MESSAGES = [
+    (b"definitely not json", "not_json"),
+    (b'{"v": 1, "kind": "flow", "flow_id": "bad-1"}', "missing_field"),
+    (b'{"v": 1, "kind": "ip_event", "ip": "10.0.255.9", "owner": "lb/x", "action": "assigned", "time_ms": 1}', "wrong_topic"),
+    (b'{"v": 7, "kind": "flow"}', "bad_version"),
+    (b'"a string"', "not_object"),
+]
+
+
+def write_config(path, bootstrap, prefix, **files):
+    regions = "\n".join(f"{r} = {orjson.dumps(c).decode()}" for r, c in sim.regions_config().items())
+    extra = "".join(f'{k} = "{v}"\n' for k, v in files.items())
+    path.write_text(
+        f'region = "{sim.HOME}"\n[regions]\n{regions}\n'
+        f'[kafka]\nbrokers = "{bootstrap}"\npartitions = 3\nraw_topic = "{prefix}flows.raw"\n'
+        f'ip_events_topic = "{prefix}ip-events"\nattributed_topic = "{prefix}flows.attributed"\n'
+        f'dlq_topic = "{prefix}flows.dlq"\nforward_prefix = "{prefix}flows.forward."\n'
+        # The fleet reports every 10 s instead of every minute, so the delay and the wait shrink with
+        # it and the test's tail stays short; the method is the same.
+        f"[attribution]\ndelay_s = 12\nmax_wait_s = 30\nidle_advance_s = 1\n"
+        + (f"[files]\n{extra}" if extra else "")
+    )
+    return path
+
+
+def produce(bootstrap, topic, values, key=None):
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    failures = []
+    for value in values:
+        producer.produce(topic, value, key=key, on_delivery=lambda err, msg: err and failures.append(err))
+    assert producer.flush(30) == 0 and failures == []
+
+
+def consume_records(bootstrap, topic, until, timeout_s=180):
+    """Records of `topic` (batches unpacked) once `until(records)` holds, or whatever came by the timeout."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    records, deadline = [], time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and not until(records):
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            parsed = orjson.loads(msg.value())
+            records.extend(parsed if isinstance(parsed, list) else [parsed])
+    finally:
+        consumer.close()
+    return records
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    start = (int(time.time()) // 60 - 12) * 60_000
+    return sim.simulate(sim.Scenario(seed=5, start_ms=start, duration_s=6 * 60, interval_s=10, mean_delay_s=1.0,
+                                     late_delay_s=15.0))
+
+
+def load(bootstrap, config_path, fleet):
+    config = load_config(config_path, environ={})
+    ensure_topics(config)
+    k = config.kafka
+    produce(bootstrap, k.ip_events_topic, [v for _, v in fleet.ip_event_messages])
+    produce(bootstrap, config.forward_topic(sim.HOME), [v for _, v in fleet.forwarded_messages])
+    produce(bootstrap, k.raw_topic, [v for _, v in fleet.flow_messages] + [v for v, _ in BAD_MESSAGES[:2]])
+    produce(bootstrap, k.raw_topic, [BAD_MESSAGES[2][0], BAD_MESSAGES[3][0], BAD_MESSAGES[4][0]])
+    flows = sum(1 for _, v in fleet.flow_messages for r in orjson.loads(v) if r["kind"] == "flow")
+    forwarded_in = sum(len(orjson.loads(v)) for _, v in fleet.forwarded_messages)
+    return config, flows + forwarded_in
+
+
+def outcomes(records):
+    return {a["flow_id"]: (a["outcome"], a["remote_workload"], a["reason"]) for a in records}
+
+
+def test_raw_topic_through_the_job_to_its_output_topics(kafka_bootstrap, tmp_path, fleet):
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    config_path = write_config(tmp_path / "flowattr.toml", kafka_bootstrap, prefix)
+    config, flows_in = load(kafka_bootstrap, config_path, fleet)
+
+    job = subprocess.Popen([sys.executable, "-m", "dataflow.cli", "--config", str(config_path), "run",
+                            "--summary-every", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        forwarded = consume_records(kafka_bootstrap, config.forward_topic(sim.AWAY), until=lambda r: False, timeout_s=20)
+        attributed = consume_records(kafka_bootstrap, config.kafka.attributed_topic,
+                                     until=lambda r: len(r) >= flows_in - len(forwarded))
+        dead = consume_records(kafka_bootstrap, config.kafka.dlq_topic, until=lambda r: len(r) >= len(BAD_MESSAGES),
+                               timeout_s=30)
+        forwarded = consume_records(kafka_bootstrap, config.forward_topic(sim.AWAY), until=lambda r: False, timeout_s=5)
+    finally:
+        job.send_signal(signal.SIGTERM)
+        stdout, stderr = job.communicate(timeout=60)
+    assert "stopped;" in stdout, stderr
+
+    # Counts in equal counts out: every flow in exactly one output topic, exactly once.
+    ids = [a["flow_id"] for a in attributed] + [f["flow_id"] for f in forwarded]
+    assert len(ids) == len(set(ids)) == flows_in
+    assert sorted(d["reason"] for d in dead) == sorted(reason for _, reason in BAD_MESSAGES)
+    assert all(d["topic"] == config.kafka.raw_topic and d["offset"] >= 0 for d in dead)
+
+    wrong = [a for a in attributed if a["outcome"] == "attributed" and a["flow_id"] in fleet.truth
+             and fleet.truth[a["flow_id"]] != a["remote_workload"]]
+    assert wrong == []
+    answered = [a for a in attributed if a["outcome"] != "external"]
+    assert sum(a["outcome"] == "attributed" for a in answered) > 0.9 * len(answered)
+    assert {f["remote_ip"].startswith(("10.1.", "fd00:0:1:")) for f in forwarded} == {True}
+    assert any(a["source"] == "ip_event" for a in attributed)  # load balancers, from assignment events
+
+    # The summary line counts what the topics hold.
+    last = [line for line in stdout.splitlines() if line.startswith("flowattr run: stopped;")][-1]
+    counts = dict(item.split("=") for item in last.split(";", 1)[1].split())
+    assert int(counts["forwarded.eu-west"]) == len(forwarded)
+    assert sum(int(v) for k, v in counts.items() if k.startswith("dead.")) == len(BAD_MESSAGES)
+
+
+def test_two_processes_of_two_workers_on_kafka_answer_as_one_worker_on_the_recording(kafka_bootstrap, tmp_path, fleet):
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    config_path = write_config(tmp_path / "flowattr.toml", kafka_bootstrap, prefix)
+    config, flows_in = load(kafka_bootstrap, config_path, fleet)
+
+    ports = []
+    import socket
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        ports.append(s.getsockname()[1])
+        s.close()
+    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflow.flow:from_environment()", "-w", "2",
+                          "-i", str(i), "-a", addresses], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "FLOWATTR_CONFIG": str(config_path)})
+        for i in range(2)
+    ]
+    try:
+        forwarded_n = sum(1 for _, v in fleet.flow_messages for r in orjson.loads(v)
+                          if r["kind"] == "flow" and r["remote_ip"].startswith(("10.1.", "fd00:0:1:")))
+        attributed = consume_records(kafka_bootstrap, config.kafka.attributed_topic,
+                                     until=lambda r: len(r) >= flows_in - forwarded_n)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    # The same recording, one worker, file mode.
+    folder = sim.write(fleet, tmp_path / "recording")
+    file_config = write_config(tmp_path / "file.toml", kafka_bootstrap, prefix, input_dir=folder, output_dir=tmp_path / "out")
+    single = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow.flow:from_environment()"], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "FLOWATTR_CONFIG": str(file_config)},
+                            capture_output=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    one = outcomes(read_outputs(tmp_path / "out", "attributed"))
+    many = outcomes(attributed)
+    assert len(attributed) == len(many) == len(one)
+    assert many == one
