@@ -20,7 +20,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,eval]'
 	touch $@
 
 kafka-jars: $(STAMP)
@@ -34,3 +34,6 @@ kafka-down: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out broker/run
+
+eval: $(STAMP)
+	$(BIN)/python -m bench.accuracy

@@ -43,6 +43,11 @@ class Scenario:
     external_share: float = 0.02
     cross_region_share: float = 0.01
     ipv6_share: float = 0.1
+    # The platform's assignment events for every instance, as an event-based attributor sees them:
+    # 1..event_delay_max_s late, and a share of them very late.
+    event_delay_max_s: float = 120.0
+    event_very_late_share: float = 0.05
+    event_very_late_s: float = 600.0
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Fleet:
     flow_messages: list[tuple[int, bytes]] = field(default_factory=list)  # (arrival, batch)
     forwarded_messages: list[tuple[int, bytes]] = field(default_factory=list)
     ip_event_messages: list[tuple[int, bytes]] = field(default_factory=list)
+    assignment_messages: list[tuple[int, bytes]] = field(default_factory=list)  # every address, for baselines
     truth: dict[str, str | None] = field(default_factory=dict)  # flow_id -> remote owner at start
     routing: dict[str, str] = field(default_factory=dict)  # gateway route -> service
     records: int = 0
@@ -110,10 +116,13 @@ def simulate(s: Scenario) -> Fleet:
             roll = rng.random()
             server_ip, server = None, None
             if client.workload in away_services:
-                if roll < 0.3:
+                if roll < 0.1:
                     server = _pick_live(rng, live_by_service, rng.choice(services[1:]), start, stop)
                 else:
                     server = _pick_live(rng, live_by_service, rng.choice(targets), start, stop)
+            elif client.workload == GATEWAY:
+                # The gateway calls exactly what its routing configuration names: the ground truth.
+                server = _pick_live(rng, live_by_service, rng.choice(targets), start, stop)
             elif roll < s.external_share:
                 server_ip = f"203.0.113.{rng.randint(1, 254)}"
             elif roll < s.external_share + s.lb_share:
@@ -149,7 +158,8 @@ def simulate(s: Scenario) -> Fleet:
     for host, records in reports.items():
         inst = hosts[host]
         _ship(rng, s, inst, records, fleet, end_ms)
-    for messages in (fleet.flow_messages, fleet.forwarded_messages, fleet.ip_event_messages):
+    _assignments(random.Random(s.seed + 1), s, home, fleet)
+    for messages in (fleet.flow_messages, fleet.forwarded_messages, fleet.ip_event_messages, fleet.assignment_messages):
         messages.sort(key=lambda m: m[0])
     return fleet
 
@@ -291,6 +301,18 @@ def _lb_reassignments(rng, s: Scenario, lbs, lb_owner, fleet: Fleet) -> None:
         fleet.ip_event_messages.append((time_ms + rng.randint(1000, 5000), orjson.dumps(record)))
 
 
+def _assignments(rng, s: Scenario, instances, fleet: Fleet) -> None:
+    """The events an event-based attributor lives on: every instance's address assigned at birth and
+    unassigned at death, each arriving late, some very late. Load balancer events come along."""
+    for inst in instances:
+        for action, time_ms in (("assigned", inst.born_ms), ("unassigned", inst.dies_ms)):
+            late = s.event_very_late_s if rng.random() < s.event_very_late_share else rng.uniform(1, s.event_delay_max_s)
+            record = {"v": 1, "kind": "ip_event", "ip": inst.ip, "owner": inst.workload, "action": action,
+                      "time_ms": time_ms}
+            fleet.assignment_messages.append((time_ms + int(late * 1000), orjson.dumps(record)))
+    fleet.assignment_messages.extend(fleet.ip_event_messages)
+
+
 def _lb_truth(lb_owner, ip, t):
     owner = None
     for since, name in lb_owner.get(ip, ()):
@@ -300,13 +322,15 @@ def _lb_truth(lb_owner, ip, t):
 
 
 def write(fleet: Fleet, folder: str | Path) -> Path:
-    """The input folder for file mode, plus truth.json and routing.json beside it."""
+    """The input folder for file mode, plus what the job does not read: the truth, the gateway's
+    routing, and every address's assignment events in arrival order (for the event-based baseline)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, messages in (
         ("flows.ndjson", fleet.flow_messages),
         ("forwarded.ndjson", fleet.forwarded_messages),
         ("ip_events.ndjson", fleet.ip_event_messages),
+        ("assignments.ndjson", fleet.assignment_messages),
     ):
         with open(folder / name, "wb") as f:
             f.write(b"".join(value + b"\n" for _, value in messages))
