@@ -1,10 +1,10 @@
 """Captured connections -> flow and heartbeat records, as docs/records.md and the job's decoder want them."""
 
+import orjson
+
 from dataflow.records import RAW, Origin, TimeBounds, decode_message
 from exporter.report import INBOUND, OUTBOUND, ClosedConnection, OpenConnection, Reporter, address
 from exporter.ship import batches
-
-import orjson
 
 REPORTER = Reporter("node-1", "eu-1", "boot-7", realtime_offset_ns=1_700_000_000_000_000_000)
 

@@ -1,0 +1,47 @@
+"""The host identity: the local workload when the workload maps have no entry. Read from a file:
+a PEM certificate (its SPIFFE URI SAN, else its subject CN) or plain text holding the id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+
+class IdentityError(Exception):
+    """The identity file exists but names nobody."""
+
+
+def read_identity(path: str | Path) -> str | None:
+    """None when there is no identity file: flows then carry local_workload null."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise IdentityError(f"cannot read identity file {path}: {e.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return _certificate_identity(data, path)
+    for line in data.decode(errors="replace").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            return line.strip()
+    raise IdentityError(f"identity file {path} is empty")
+
+
+def _certificate_identity(pem: bytes, path: str | Path) -> str:
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as e:
+        raise IdentityError(f"identity file {path} holds an unreadable certificate: {e}") from None
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        for uri in names.get_values_for_type(x509.UniformResourceIdentifier):
+            if uri.startswith("spiffe://"):
+                return uri
+    except x509.ExtensionNotFound:
+        pass  # no SAN: the subject CN names the host
+    common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if common_names:
+        return str(common_names[0].value)
+    raise IdentityError(f"certificate in {path} has neither a SPIFFE URI SAN nor a subject CN")

@@ -1,0 +1,247 @@
+"""The pinned workload maps the kernel side reads: local IP -> workload and (local IP, port) ->
+workload. Spoken to through the bpf(2) syscall directly, so a container platform can fill them
+whether or not the agent (or BCC) is running."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+# Must match struct ip_key / ip_port_key / workload in bpf/flowtrace.c.
+WORKLOAD_LEN = 64
+IP_KEY_SIZE = 16
+IP_PORT_KEY_SIZE = 20
+IP_MAP = "ip_workload"
+IP_PORT_MAP = "ip_port_workload"
+
+_SYS_BPF = 321  # x86_64
+_MAP_CREATE, _MAP_LOOKUP, _MAP_UPDATE, _MAP_DELETE, _MAP_NEXT_KEY = 0, 1, 2, 3, 4
+_OBJ_PIN, _OBJ_GET, _OBJ_INFO = 6, 7, 15
+_MAP_TYPE_HASH = 1
+_ATTR_SIZE = 128
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class IpmanError(Exception):
+    """A map that cannot be used; the message says what is missing and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    ip: str
+    port: int | None
+    workload: str
+
+    def where(self) -> str:
+        if self.port is None:
+            return self.ip
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{host}:{self.port}"
+
+
+def ip_key(ip: str) -> bytes:
+    """16 bytes, IPv4 as v4-mapped IPv6: the form the tracepoints give the kernel side."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        raise IpmanError(f"not an IP address: {ip!r}") from None
+    if address.version == 4:
+        address = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + address.packed)
+    return address.packed
+
+
+def ip_port_key(ip: str, port: int) -> bytes:
+    if not 0 < port < 65536:
+        raise IpmanError(f"port must be 1-65535, got {port}")
+    return ip_key(ip) + struct.pack("=HH", port, 0)
+
+
+def key_ip(key: bytes) -> str:
+    """Inverse of ip_key: v4-mapped addresses come back as plain IPv4."""
+    address = ipaddress.IPv6Address(key[:16])
+    return str(address.ipv4_mapped or address)
+
+
+def workload_value(workload: str) -> bytes:
+    raw = workload.encode()
+    if not raw or len(raw) >= WORKLOAD_LEN or b"\0" in raw:
+        raise IpmanError(f"workload must be 1-{WORKLOAD_LEN - 1} bytes without NUL: {workload!r}")
+    return raw.ljust(WORKLOAD_LEN, b"\0")
+
+
+def value_workload(value: bytes) -> str:
+    return value.split(b"\0", 1)[0].decode(errors="replace")
+
+
+class WorkloadMaps:
+    """The two pinned maps under one pin directory."""
+
+    def __init__(self, pin_dir: str | Path, create: bool, max_entries: int = 16384):
+        self.pin_dir = Path(pin_dir)
+        self._fds: dict[str, int] = {}
+        try:
+            for name, key_size in ((IP_MAP, IP_KEY_SIZE), (IP_PORT_MAP, IP_PORT_KEY_SIZE)):
+                self._fds[name] = self._open(name, key_size, create, max_entries)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> WorkloadMaps:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add(self, ip: str, workload: str, port: int | None = None) -> None:
+        name, key = self._key(ip, port)
+        _bpf_elem(_MAP_UPDATE, self._fds[name], key, workload_value(workload), what=f"add {ip}")
+
+    def remove(self, ip: str, port: int | None = None) -> bool:
+        """False when there was no such registration."""
+        name, key = self._key(ip, port)
+        try:
+            _bpf_elem(_MAP_DELETE, self._fds[name], key, None, what=f"remove {ip}")
+        except FileNotFoundError:
+            return False
+        return True
+
+    def registrations(self) -> list[Registration]:
+        found = []
+        for name, key_size in ((IP_MAP, IP_KEY_SIZE), (IP_PORT_MAP, IP_PORT_KEY_SIZE)):
+            fd = self._fds[name]
+            for key in _keys(fd, key_size):
+                value = ctypes.create_string_buffer(WORKLOAD_LEN)
+                try:
+                    _bpf_elem(_MAP_LOOKUP, fd, key, value, what="list")
+                except FileNotFoundError:
+                    continue  # removed while we walked the map
+                port = struct.unpack_from("=H", key, 16)[0] if name == IP_PORT_MAP else None
+                found.append(Registration(key_ip(key), port, value_workload(value.raw)))
+        return sorted(found, key=lambda r: (r.ip, r.port or 0))
+
+    def _key(self, ip: str, port: int | None) -> tuple[str, bytes]:
+        if port is None:
+            return IP_MAP, ip_key(ip)
+        return IP_PORT_MAP, ip_port_key(ip, port)
+
+    def _open(self, name: str, key_size: int, create: bool, max_entries: int) -> int:
+        path = self.pin_dir / name
+        if not path.exists():
+            if not create:
+                raise IpmanError(
+                    f"no pinned map {path}: nothing registered yet "
+                    "(`flowattr ipman add` or `flowattr export` create it)"
+                )
+            return self._create(path, name, key_size, max_entries)
+        fd = _bpf_path(_OBJ_GET, path)
+        info = _map_info(fd)
+        if info != (_MAP_TYPE_HASH, key_size, WORKLOAD_LEN):
+            os.close(fd)
+            raise IpmanError(f"{path} is not a flowattr workload map (type, key, value = {info})")
+        return fd
+
+    def _create(self, path: Path, name: str, key_size: int, max_entries: int) -> int:
+        _check_bpffs(self.pin_dir)
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        attr = _attr()
+        struct.pack_into("=IIIII", attr, 0, _MAP_TYPE_HASH, key_size, WORKLOAD_LEN, max_entries, 0)
+        struct.pack_into("16s", attr, 28, name[:15].encode())
+        fd = _bpf(_MAP_CREATE, attr, what=f"create map {name}")
+        try:
+            _bpf_path(_OBJ_PIN, path, fd)
+        except FileExistsError:
+            os.close(fd)  # another process pinned it first: use theirs
+            return _bpf_path(_OBJ_GET, path)
+        return fd
+
+
+def _check_bpffs(directory: Path) -> None:
+    while not directory.exists():
+        directory = directory.parent
+    if not _on_bpffs(directory):
+        raise IpmanError(
+            f"{directory} is not on a BPF filesystem: mount it with `mount -t bpf bpffs /sys/fs/bpf` "
+            "(make ebpf-deps does) or set exporter.pin_dir under a bpffs mount"
+        )
+
+
+def _on_bpffs(directory: Path) -> bool:
+    best = ("", "")
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            _, mount_point, fs_type = line.split()[:3]
+            inside = str(directory) == mount_point or str(directory).startswith(
+                mount_point.rstrip("/") + "/"
+            )
+            if inside and len(mount_point) >= len(best[0]):
+                best = (mount_point, fs_type)
+    return best[1] == "bpf"
+
+
+def _attr() -> ctypes.Array:
+    return ctypes.create_string_buffer(_ATTR_SIZE)
+
+
+def _bpf(cmd: int, attr: ctypes.Array, what: str) -> int:
+    result = _libc.syscall(_SYS_BPF, cmd, attr, _ATTR_SIZE)
+    if result < 0:
+        code = ctypes.get_errno()
+        if code in (errno.EPERM, errno.EACCES):
+            raise IpmanError(
+                f"cannot {what}: {os.strerror(code)} (needs root, or CAP_BPF and write access to the pin directory)"
+            )
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+    return result
+
+
+def _bpf_path(cmd: int, path: Path, fd: int = 0) -> int:
+    name = ctypes.create_string_buffer(str(path).encode())
+    attr = _attr()
+    struct.pack_into("=QI", attr, 0, ctypes.addressof(name), fd)
+    return _bpf(cmd, attr, what=f"open {path}" if cmd == _OBJ_GET else f"pin {path}")
+
+
+def _bpf_elem(cmd: int, fd: int, key: bytes, value, what: str) -> None:
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    if isinstance(value, bytes):
+        value = ctypes.create_string_buffer(value, len(value))
+    attr = _attr()
+    value_address = ctypes.addressof(value) if value is not None else 0
+    struct.pack_into("=IIQQQ", attr, 0, fd, 0, ctypes.addressof(key_buf), value_address, 0)
+    _bpf(cmd, attr, what=what)
+
+
+def _keys(fd: int, key_size: int) -> list[bytes]:
+    keys = []
+    previous = None
+    while True:
+        key_buf = ctypes.create_string_buffer(previous, key_size) if previous else None
+        next_buf = ctypes.create_string_buffer(key_size)
+        attr = _attr()
+        key_address = ctypes.addressof(key_buf) if key_buf is not None else 0
+        struct.pack_into("=IIQQ", attr, 0, fd, 0, key_address, ctypes.addressof(next_buf))
+        try:
+            _bpf(_MAP_NEXT_KEY, attr, what="list")
+        except FileNotFoundError:
+            return keys
+        previous = next_buf.raw
+        keys.append(previous)
+
+
+def _map_info(fd: int) -> tuple[int, int, int]:
+    info = ctypes.create_string_buffer(80)
+    attr = _attr()
+    struct.pack_into("=IIQ", attr, 0, fd, len(info), ctypes.addressof(info))
+    _bpf(_OBJ_INFO, attr, what="inspect map")
+    map_type, _id, key_size, value_size = struct.unpack_from("=IIII", info, 0)
+    return map_type, key_size, value_size
