@@ -31,20 +31,26 @@ class ShardWork:
     connections: list[tuple[ConnectionKey, int, str]] = field(default_factory=list)  # key, start, workload
     ip_events: list[tuple[str, str | None, int]] = field(default_factory=list)  # ip, owner/None, time
     lookups: list[Flow] = field(default_factory=list)
-    max_event_ms: int = 0
+    # How far each raw-topic partition has got in event time, as of the input batch this came from.
+    progress: dict[int, int] = field(default_factory=dict)
 
 
 class Shard:
     """State and decisions for the addresses that hash to one shard."""
 
-    def __init__(self, settings: AttributionConfig):
+    def __init__(self, settings: AttributionConfig, partitions: int = 1, live: bool = False):
+        """`partitions`: how many raw-topic partitions feed the job. `live`: input never ends, so
+        event time must also move while input is idle (Kafka); otherwise it moves only with input."""
         self.delay_ms = int(settings.delay_s * 1000)
         self.max_wait_ms = int(settings.max_wait_s * 1000)
         self.retention_ms = int(settings.retention_s * 1000)
         self.max_ranges = settings.max_ranges_per_ip
         self.guard_ms = settings.skew_guard_ms
         self.window_ms = settings.connection_window_ms
-        self.idle_ms = int(settings.idle_advance_s * 1000)
+        self.idle_ms = int(settings.idle_advance_s * 1000) if live else None
+        self.partitions = partitions
+        self.progress: dict[int, list[int]] = {}  # partition -> [event ms reached, wall ms it last moved]
+        self.first_input_wall_ms: int | None = None
         self.ranges: dict[str, list] = {}
         self.events: dict[str, list] = {}
         self.connections: dict[ConnectionKey, list[tuple[int, str]]] = {}
@@ -100,8 +106,7 @@ class Shard:
                 continue
             self.seq += 1
             heapq.heappush(self.first_tries, (start + self.delay_ms, self.seq, flow))
-        if work.max_event_ms > self.clock_ms:
-            self.clock_ms = work.max_event_ms
+        self._advance(work.progress, wall_ms)
         self.last_input_wall_ms = wall_ms
         self.clock_at_last_input = self.clock_ms
         for ip in touched:
@@ -111,10 +116,34 @@ class Shard:
             self._prune()
         return decided
 
+    def _advance(self, progress: dict[int, int], wall_ms: int) -> None:
+        """Event time is where the slowest raw partition has got, so that in a backfill, where one
+        partition is read far ahead of another, no lookup is decided before its evidence is read.
+        Live, a partition that has not moved for idle_advance_s (or never spoke) stops holding it back."""
+        for partition, reached in progress.items():
+            seen = self.progress.get(partition)
+            if seen is None:
+                self.progress[partition] = [reached, wall_ms]
+            elif reached > seen[0]:
+                seen[0], seen[1] = reached, wall_ms
+        if not self.progress:
+            return
+        if self.idle_ms is None:
+            candidate = min(reached for reached, _ in self.progress.values())
+        else:
+            if self.first_input_wall_ms is None:
+                self.first_input_wall_ms = wall_ms
+            if len(self.progress) < self.partitions and wall_ms - self.first_input_wall_ms < self.idle_ms:
+                return
+            active = [reached for reached, moved in self.progress.values() if wall_ms - moved < self.idle_ms]
+            candidate = min(active) if active else max(reached for reached, _ in self.progress.values())
+        if candidate > self.clock_ms:
+            self.clock_ms = candidate
+
     def tick(self, wall_ms: int) -> list[Flow]:
         """While no input arrives, let event time follow the wall clock so that no lookup waits forever."""
         idle = wall_ms - self.last_input_wall_ms
-        if idle < self.idle_ms:
+        if self.idle_ms is None or idle < self.idle_ms:
             return []
         self.clock_ms = max(self.clock_ms, self.clock_at_last_input + idle)
         decided: list[Flow] = []

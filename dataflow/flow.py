@@ -39,8 +39,10 @@ def build(config: Config, tally: Tally) -> Dataflow:
 
     if file_mode:
         messages = op.input("read_files", flow, file_io.InputFolder(config.files.input_dir))
+        raw_partitions = 1
     else:
         kafka_io.ensure_topics(config)
+        raw_partitions = kafka_io.partition_count(config, config.kafka.raw_topic)
         streams = []
         for topic, role in kafka_io.input_topics(config).items():
             raw = op.input(f"read_{role}", flow, kafka_io.source(config, topic))
@@ -53,9 +55,9 @@ def build(config: Config, tally: Tally) -> Dataflow:
     by_shard = split.trues
     others = split.falses
 
-    idle = None if file_mode else config.attribution.idle_advance_s
-    recovery = bool(config.recovery.dir)
-    decided = op.stateful_batch("attribute", by_shard, lambda resume: ShardLogic(config, resume, idle, recovery))
+    decided = op.stateful_batch(
+        "attribute", by_shard, lambda resume: ShardLogic(config, resume, raw_partitions, live=not file_mode)
+    )
     decided_flows = op.map("decided_flows", decided, lambda key_flows: key_flows[1])
     external = op.filter_map(
         "external_flows", others, lambda item: item[1] if item[0] == "external" else None
@@ -103,10 +105,13 @@ def build(config: Config, tally: Tally) -> Dataflow:
 class ShardLogic(StatefulBatchLogic):
     """Bytewax's hold on one Shard: feeds it batches, wakes it while input is idle, snapshots it."""
 
-    def __init__(self, config: Config, resume: bytes | None, idle_s: float | None, recovery: bool):
-        self.shard = pickle.loads(resume) if resume is not None else Shard(config.attribution)
-        self.idle = None if idle_s is None else timedelta(seconds=idle_s)
-        self.recovery = recovery
+    def __init__(self, config: Config, resume: bytes | None, raw_partitions: int, live: bool):
+        if resume is not None:
+            self.shard = pickle.loads(resume)
+        else:
+            self.shard = Shard(config.attribution, raw_partitions, live)
+        self.idle = timedelta(seconds=config.attribution.idle_advance_s) if live else None
+        self.recovery = bool(config.recovery.dir)
 
     def on_batch(self, works: list[ShardWork]) -> tuple[list, bool]:
         wall = _wall_ms()

@@ -49,6 +49,11 @@ def ensure_topics(config: Config, timeout_s: float = 30.0) -> list[str]:
     return missing
 
 
+def partition_count(config: Config, topic: str, timeout_s: float = 30.0) -> int:
+    admin = AdminClient({"bootstrap.servers": config.kafka.brokers})
+    return len(admin.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
+
+
 def source(config: Config, topic: str) -> KafkaSource:
     offset = OFFSET_BEGINNING if config.kafka.starting_offset == "beginning" else OFFSET_END
     return KafkaSource(

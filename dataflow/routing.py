@@ -19,6 +19,7 @@ from dataflow.records import (
     FLOW,
     FORWARDED,
     HEARTBEAT,
+    RAW,
     DeadLetter,
     Origin,
     TimeBounds,
@@ -84,6 +85,7 @@ class Router:
         external: list[dict[str, Any]] = []
         dead: list[DeadLetter] = []
         counts: Counter[str] = Counter()
+        progress: dict[int, int] = {}
         for message in messages:
             if message.error is None:
                 records, bad = decode_message(message.value, message.origin, bounds)
@@ -94,6 +96,11 @@ class Router:
             for letter in bad:
                 counts[f"dead.{letter.reason}"] += 1
             dead.extend(bad)
+            if role == RAW and records:
+                partition = message.origin.partition
+                reached = max(_event_ms(r) for r in records)
+                if reached > progress.get(partition, 0):
+                    progress[partition] = reached
             for record in records:
                 kind = record["kind"]
                 if kind == FLOW and record.get("open"):
@@ -103,26 +110,25 @@ class Router:
                         work.heartbeats.append(
                             (record["local_ip"], record["local_workload"], record["start_ms"], record["end_ms"])
                         )
-                    _later(work, record["end_ms"])
                     counts["absorbed.open_flow"] += 1
                 elif kind == FLOW:
                     self._route_flow(record, role, works, forwards, external)
                 elif kind == HEARTBEAT:
                     work = self._work(works, record["ip"])
                     work.heartbeats.append((record["ip"], record["workload"], record["start_ms"], record["end_ms"]))
-                    _later(work, record["end_ms"])
                     counts["absorbed.heartbeat"] += 1
                 else:
                     work = self._work(works, record["ip"])
                     owner = record["owner"] if record["action"] == "assigned" else None
                     work.ip_events.append((record["ip"], owner, record["time_ms"]))
                     counts["absorbed.ip_event"] += 1
+        for work in works.values():
+            work.progress = progress
         out: list[tuple[str, Any]] = [(self.shard_keys[i], w) for i, w in works.items()]
         for region, flows in forwards.items():
             counts[f"forwarded.{region}"] += len(flows)
             out.append(("forward", Forward(region, flows)))
         if external:
-            counts["out.external"] += len(external)
             out.append(("external", external))
         out.extend(("dead", letter) for letter in dead)
         self.tally.add(counts)
@@ -146,7 +152,6 @@ class Router:
             if remote_region is not None:
                 key = (local_ip, flow["local_port"], remote_ip, flow["remote_port"])
                 work.connections.append((key, flow["start_ms"], workload))
-            _later(work, flow["end_ms"])
         if remote_region is None:
             external.append(attributed(flow, EXTERNAL))
         elif remote_region != self.home and role != FORWARDED:
@@ -154,12 +159,7 @@ class Router:
         else:
             work = self._work(works, remote_ip)
             work.lookups.append(flow)
-            if role != FORWARDED:
-                _later(work, flow["end_ms"])
 
 
-def _later(work: ShardWork, time_ms: int) -> None:
-    # Only the raw topic moves a shard's event time: the forward and event topics are read at their
-    # own pace (in a backfill, far ahead), and would decide lookups before their heartbeats arrive.
-    if time_ms > work.max_event_ms:
-        work.max_event_ms = time_ms
+def _event_ms(record: dict[str, Any]) -> int:
+    return record.get("end_ms") or record.get("time_ms") or 0

@@ -5,8 +5,9 @@ MIN = 60_000
 T0 = 1_780_000_000_000
 
 
-def shard(**settings):
-    return Shard(AttributionConfig(**{"delay_s": 60, "max_wait_s": 300, "idle_advance_s": 5, **settings}))
+def shard(partitions=1, live=False, **settings):
+    settings = AttributionConfig(**{"delay_s": 60, "max_wait_s": 300, "idle_advance_s": 5, **settings})
+    return Shard(settings, partitions, live)
 
 
 def flow(remote_ip="10.0.0.9", start=T0, end=None, local_ip="10.0.0.1", local_port=40000, remote_port=443):
@@ -23,15 +24,15 @@ def flow(remote_ip="10.0.0.9", start=T0, end=None, local_ip="10.0.0.1", local_po
 
 
 def claims(*items, now=0):
-    return ShardWork(claims=list(items), max_event_ms=now)
+    return ShardWork(claims=list(items), progress={0: now})
 
 
 def lookups(*flows, now=0):
-    return ShardWork(lookups=list(flows), max_event_ms=now)
+    return ShardWork(lookups=list(flows), progress={0: now})
 
 
 def clock(now):
-    return ShardWork(max_event_ms=now)
+    return ShardWork(progress={0: now})
 
 
 def test_no_answer_before_the_delay_then_the_covering_range():
@@ -135,7 +136,7 @@ def test_assignment_events_answer_only_for_addresses_without_heartbeats():
 
 
 def test_idle_input_lets_event_time_follow_the_wall_clock():
-    s = shard()
+    s = shard(live=True)
     s.absorb(lookups(flow(), now=T0 + 1000), wall_ms=1_000_000)
     assert s.tick(1_000_000 + 4_000) == []  # not idle long enough
     assert s.tick(1_000_000 + 30_000) == []  # event time T0+31s: before the delay
@@ -151,3 +152,21 @@ def test_end_of_input_answers_every_pending_lookup():
     answers = {a["remote_ip"]: a for a in s.finish()}
     assert answers["10.0.0.9"]["remote_workload"] == "web"
     assert answers["10.0.0.10"]["reason"] == "no_owner"
+
+
+def test_event_time_is_where_the_slowest_partition_has_got():
+    # A backfill reads partition 1 far ahead of partition 0; the lookup must wait for partition 0.
+    s = shard(partitions=2, live=True)
+    s.absorb(ShardWork(lookups=[flow()], progress={1: T0 + 10 * MIN}), wall_ms=0)
+    assert s.absorb(ShardWork(progress={0: T0 + 30_000, 1: T0 + 11 * MIN}), wall_ms=1_000) == []
+    work = ShardWork(claims=[("10.0.0.9", "web", T0 - MIN, T0 + MIN)], progress={0: T0 + MIN, 1: T0 + 12 * MIN})
+    [answer] = s.absorb(work, wall_ms=2_000)
+    assert answer["remote_workload"] == "web"
+
+
+def test_live_a_silent_partition_stops_holding_event_time_back():
+    s = shard(partitions=2, live=True)
+    s.absorb(ShardWork(lookups=[flow()], progress={0: T0}), wall_ms=0)
+    assert s.absorb(clock(T0 + 2 * MIN), wall_ms=1_000) == []  # partition 1 may still speak
+    [answer] = s.absorb(clock(T0 + 6 * MIN), wall_ms=6_000)  # it has not, for idle_advance_s
+    assert answer["reason"] == "no_owner"
