@@ -22,7 +22,7 @@ ConnectionKey = tuple[str, int, str, int]
 
 @dataclass(slots=True)
 class ShardWork:
-    """What one input batch brings to one shard, in arrival order within each list."""
+    """What one input message brings to one shard, in arrival order within each list."""
 
     # (ip, workload, start, end): whole-interval heartbeats first, so that the claims of the flows
     # within them are found already covered and cost nothing.
@@ -31,7 +31,7 @@ class ShardWork:
     connections: list[tuple[ConnectionKey, int, str]] = field(default_factory=list)  # key, start, workload
     ip_events: list[tuple[str, str | None, int]] = field(default_factory=list)  # ip, owner/None, time
     lookups: list[Flow] = field(default_factory=list)
-    # How far each raw-topic partition has got in event time, as of the input batch this came from.
+    # How far each raw-topic partition has got in event time, as of the message this came from.
     progress: dict[int, int] = field(default_factory=dict)
 
 
@@ -63,7 +63,6 @@ class Shard:
         self.seq = 0
         self.clock_ms = 0
         self.last_input_wall_ms = 0
-        self.clock_at_last_input = 0
         self.next_prune_ms = 0
         self.next_range_prune_ms = 0
 
@@ -108,7 +107,6 @@ class Shard:
             heapq.heappush(self.first_tries, (start + self.delay_ms, self.seq, flow))
         self._advance(work.progress, wall_ms)
         self.last_input_wall_ms = wall_ms
-        self.clock_at_last_input = self.clock_ms
         for ip in touched:
             self._retry(ip, decided)
         self._decide_due(decided)
@@ -141,11 +139,14 @@ class Shard:
             self.clock_ms = candidate
 
     def tick(self, wall_ms: int) -> list[Flow]:
-        """While no input arrives, let event time follow the wall clock so that no lookup waits forever."""
+        """While no input arrives, let event time follow the wall clock so that no lookup waits forever.
+        Idle input means every partition has been read to its end: event time is the furthest any of
+        them got, plus the time since."""
         idle = wall_ms - self.last_input_wall_ms
         if self.idle_ms is None or idle < self.idle_ms:
             return []
-        self.clock_ms = max(self.clock_ms, self.clock_at_last_input + idle)
+        furthest = max((reached for reached, _ in self.progress.values()), default=self.clock_ms)
+        self.clock_ms = max(self.clock_ms, furthest + idle)
         decided: list[Flow] = []
         self._decide_due(decided)
         return decided

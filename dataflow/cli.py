@@ -20,6 +20,7 @@ from dataflow import simulate as sim
 from dataflow.config import Config, ConfigError, load_config
 from dataflow.routing import Tally
 from dataflow.summary import file_run_summary, render
+from exporter.cli import register as register_exporter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,12 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
     tail.set_defaults(handler=_tail)
 
-    try:
-        from exporter.cli import register
-    except ImportError:
-        register = None
-    if register is not None:
-        register(sub)
+    register_exporter(sub)
+    for command in sub.choices.values():
+        # `flowattr run --config F` reads as naturally as `flowattr --config F run`.
+        command.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     args = parser.parse_args(argv)
     overrides = {
@@ -122,6 +121,10 @@ def _run(args, config: Config) -> int:
         cli_main(flow, workers_per_process=args.workers, **cluster, **_recovery(config))
     except KeyboardInterrupt:
         pass
+    except Exception as e:
+        # The runtime wraps an interrupt that lands in a step in its own error.
+        if not _interrupted(e):
+            raise
     finally:
         stop.set()
         print("flowattr run: stopped; " + _tally_line(tally), flush=True)
@@ -142,6 +145,14 @@ def _recovery(config: Config) -> dict:
         "epoch_interval": timedelta(seconds=config.recovery.snapshot_s),
         "recovery_config": RecoveryConfig(folder, timedelta(seconds=config.recovery.backup_s)),
     }
+
+
+def _interrupted(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _interrupt(signum, frame):

@@ -113,11 +113,12 @@ class ShardLogic(StatefulBatchLogic):
         self.idle = timedelta(seconds=config.attribution.idle_advance_s) if live else None
         self.recovery = bool(config.recovery.dir)
 
-    def on_batch(self, works: list[ShardWork]) -> tuple[list, bool]:
+    def on_batch(self, batches: list[list[ShardWork]]) -> tuple[list, bool]:
         wall = _wall_ms()
         decided = []
-        for work in works:
-            decided.extend(self.shard.absorb(work, wall))
+        for works in batches:
+            for work in works:
+                decided.extend(self.shard.absorb(work, wall))
         return ([decided] if decided else []), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list, bool]:

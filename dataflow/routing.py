@@ -77,16 +77,23 @@ class Router:
         self.tally = tally
 
     def route(self, messages: Iterable[Message]) -> list[tuple[str, Any]]:
-        """Returns (shard key, ShardWork), ("forward", Forward), ("external", flows), ("dead", DeadLetter)."""
+        """Returns (shard key, [ShardWork per message]), ("forward", Forward), ("external", flows),
+        ("dead", DeadLetter).
+
+        A shard's work stays split by message, each carrying the raw topic's progress as of that message,
+        so that the shard's event time moves message by message: its answers depend on the order of the
+        messages, never on how the runtime happened to batch them (a replay answers as the live run did).
+        """
         now = self.now_ms()
         bounds = TimeBounds(now - self.max_age_ms, now + self.max_future_ms)
-        works: dict[int, ShardWork] = {}
+        by_shard: dict[int, list[ShardWork]] = {}
         forwards: dict[str, list] = {}
         external: list[dict[str, Any]] = []
         dead: list[DeadLetter] = []
         counts: Counter[str] = Counter()
         progress: dict[int, int] = {}
         for message in messages:
+            works: dict[int, ShardWork] = {}
             if message.error is None:
                 records, bad = decode_message(message.value, message.origin, bounds)
             else:
@@ -100,7 +107,7 @@ class Router:
                 partition = message.origin.partition
                 reached = max(_event_ms(r) for r in records)
                 if reached > progress.get(partition, 0):
-                    progress[partition] = reached
+                    progress = {**progress, partition: reached}
             for record in records:
                 kind = record["kind"]
                 if kind == FLOW and record.get("open"):
@@ -122,9 +129,10 @@ class Router:
                     owner = record["owner"] if record["action"] == "assigned" else None
                     work.ip_events.append((record["ip"], owner, record["time_ms"]))
                     counts["absorbed.ip_event"] += 1
-        for work in works.values():
-            work.progress = progress
-        out: list[tuple[str, Any]] = [(self.shard_keys[i], w) for i, w in works.items()]
+            for i, work in works.items():
+                work.progress = progress
+                by_shard.setdefault(i, []).append(work)
+        out: list[tuple[str, Any]] = [(self.shard_keys[i], w) for i, w in by_shard.items()]
         for region, flows in forwards.items():
             counts[f"forwarded.{region}"] += len(flows)
             out.append(("forward", Forward(region, flows)))
