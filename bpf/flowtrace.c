@@ -2,8 +2,8 @@
 // workload), from tracepoint arguments only: the kernel headers on our hosts do not match the running
 // kernel, so struct layouts would be wrong while tracepoint layouts come from tracefs.
 //
-// Built by exporter/capture.py with -DMAX_CONNECTIONS, -DMAX_WORKLOADS, -DRINGBUF_PAGES, -DPIN_DIR
-// and optionally -DCAPTURE_LOOPBACK.
+// Built by exporter/capture.py with -DMAX_CONNECTIONS, -DMAX_WORKLOADS, -DRINGBUF_PAGES and
+// optionally -DCAPTURE_LOOPBACK.
 
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
@@ -69,11 +69,14 @@ struct flow_event {
 };
 
 // Filled by `flowattr ipman` (or a container platform): local IP -> workload, and (local IP, local
-// port) -> workload for workloads sharing one address. Pinned so they outlive the agent.
-BPF_TABLE_PINNED("hash", struct ip_key, struct workload, ip_workload, MAX_WORKLOADS,
-                 PIN_DIR "/ip_workload");
-BPF_TABLE_PINNED("hash", struct ip_port_key, struct workload, ip_port_workload, MAX_WORKLOADS,
-                 PIN_DIR "/ip_port_workload");
+// port) -> workload for workloads sharing one address. Pinned so they outlive the agent; the agent
+// opens the pins and puts them in slot 0 of these one-slot arrays of maps. (BCC's BPF_TABLE_PINNED
+// would reopen a pin by map id, BPF_MAP_GET_FD_BY_ID, which needs CAP_SYS_ADMIN.) The *_shape maps
+// are only the templates the arrays of maps require; they stay empty.
+BPF_HASH(ip_workload_shape, struct ip_key, struct workload, MAX_WORKLOADS);
+BPF_HASH(ip_port_workload_shape, struct ip_port_key, struct workload, MAX_WORKLOADS);
+BPF_ARRAY_OF_MAPS(ip_workload, "ip_workload_shape", 1);
+BPF_ARRAY_OF_MAPS(ip_port_workload, "ip_port_workload_shape", 1);
 
 // Keyed by the socket address: an opaque id, never dereferenced.
 BPF_HASH(connections, u64, struct conn, MAX_CONNECTIONS);
@@ -102,14 +105,20 @@ static __always_inline int is_loopback(const u8 *addr)
 
 static __always_inline void find_workload(struct conn *c)
 {
-    struct ip_port_key pk = {};
-    __builtin_memcpy(pk.addr, c->laddr, 16);
-    pk.port = c->lport;
-    struct workload *w = ip_port_workload.lookup(&pk);
-    if (!w) {
+    int slot = 0;
+    struct workload *w = NULL;
+    void *by_port = ip_port_workload.lookup(&slot);
+    if (by_port) {
+        struct ip_port_key pk = {};
+        __builtin_memcpy(pk.addr, c->laddr, 16);
+        pk.port = c->lport;
+        w = bpf_map_lookup_elem(by_port, &pk);
+    }
+    void *by_ip = ip_workload.lookup(&slot);
+    if (!w && by_ip) {
         struct ip_key k = {};
         __builtin_memcpy(k.addr, c->laddr, 16);
-        w = ip_workload.lookup(&k);
+        w = bpf_map_lookup_elem(by_ip, &k);
     }
     if (w)
         __builtin_memcpy(&c->workload, w, sizeof(*w));

@@ -1,6 +1,6 @@
-"""The exporter's loop: drains closed connections as they come; every interval ships them as `flow`
-records with a `heartbeat` per local address whose workload has open connections, and prints one
-stats line (cumulative counts) on stderr."""
+"""The exporter's loop: drains closed connections as they come and polls the workload maps every
+second; every interval ships the closed connections as `flow` records and a `heartbeat` per
+(local address, workload) held in the interval, and prints one stats line (cumulative) on stderr."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ import time
 
 from dataflow.config import Config
 from exporter.capture import Capture, check_prerequisites
-from exporter.identity import IdentityError, read_identity
+from exporter.holdings import Holdings, Pair
+from exporter.identity import IdentityError, interface_addresses, read_identity
 from exporter.report import ClosedConnection, reporter_for
 from exporter.ship import FileShipper, KafkaShipper
 
 # How long a stopping agent waits for Kafka to acknowledge what it still holds.
 CLOSE_TIMEOUT_S = 10.0
 POLL_MS = 200
+# How often the workload maps are read: a heartbeat claims a mapping from the first poll that saw it
+# to the last, so this bounds how much of a mapping's time goes unclaimed at either end.
+MAP_POLL_S = 1.0
 
 
 def run(config: Config, out: str | None, stop: threading.Event) -> None:
@@ -40,18 +44,36 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
     try:
         _log(f"capturing; exporter={reporter.exporter} identity={identity} interval={settings.interval_s}s")
         closed: list[ClosedConnection] = []
+        holdings = Holdings()
+        identity_ips: set[str] = set()  # local ends of connections the host identity named
+        interval_start_ns = time.monotonic_ns()
+        holdings.observe(interval_start_ns, _held(capture, identity, identity_ips))
+        next_poll = time.monotonic() + MAP_POLL_S
         next_report = time.monotonic() + settings.interval_s
         while True:
             stopping = stop.is_set()
             wait_ms = 0 if stopping else min(POLL_MS, max(0, int((next_report - time.monotonic()) * 1000)))
-            closed += capture.drain(wait_ms)
+            arrived = capture.drain(wait_ms)
+            closed += arrived
+            identity_ips.update(conn.local_ip for conn in arrived if not conn.workload)
             shipper.poll()
-            if not stopping and time.monotonic() < next_report:
+            reporting = stopping or time.monotonic() >= next_report
+            if not reporting:
+                if time.monotonic() >= next_poll:
+                    holdings.observe(time.monotonic_ns(), _held(capture, identity, identity_ips))
+                    next_poll = time.monotonic() + MAP_POLL_S
                 continue
             next_report += settings.interval_s
             identity = _reread_identity(settings.identity_file, identity)
             records = [reporter.flow(conn, identity) for conn in closed]
-            heartbeats = reporter.heartbeats(capture.open_connections(), identity, time.monotonic_ns())
+            open_connections = capture.open_connections()
+            identity_ips.update(conn.local_ip for conn in open_connections if not conn.workload)
+            now_ns = time.monotonic_ns()
+            holdings.observe(now_ns, _held(capture, identity, identity_ips))
+            next_poll = time.monotonic() + MAP_POLL_S
+            held = holdings.report(interval_start_ns, now_ns)
+            interval_start_ns = now_ns
+            heartbeats = reporter.heartbeats(open_connections, held, identity, now_ns)
             shipper.ship(records + heartbeats)
             flows_total += len(records)
             heartbeats_total += len(heartbeats)
@@ -72,6 +94,18 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
         shipper.close(CLOSE_TIMEOUT_S)
         stats = shipper.stats
         _log(f"stopped; delivered={stats.delivered} dropped={stats.dropped}")
+
+
+def _held(capture: Capture, identity: str | None, identity_ips: set[str]) -> set[Pair]:
+    """What this host can claim now: every workload map entry, and the host identity on each address
+    that a connection named by the identity used and that is still configured on an interface here.
+    (All interface addresses would also claim bridge and link-local addresses every host has.)"""
+    held = capture.registrations()
+    if identity and identity_ips:
+        identity_ips &= interface_addresses()  # gone from the interfaces: a new connection must show it again
+        mapped = {ip for ip, _ in held}
+        held |= {(ip, identity) for ip in identity_ips if ip not in mapped}
+    return held
 
 
 def _reread_identity(path: str, previous: str | None) -> str | None:

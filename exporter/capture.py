@@ -1,5 +1,6 @@
 """The kernel side: checks what eBPF capture needs, loads bpf/flowtrace.c through BCC, drains its
-ring buffer into ClosedConnections and reads the open connections and the loss counters."""
+ring buffer into ClosedConnections and reads the open connections, the workload maps and the loss
+counters."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def check_prerequisites() -> None:
             "needs root, or CAP_BPF and CAP_PERFMON (plus read access to tracefs): "
             "run as root or grant them (see docs/exporter.md)"
         )
-    if os.path.isdir(TRACEFS) and not os.access(TRACEFS, os.R_OK | os.X_OK):
+    # effective_ids: plain access(2) checks the real uid and ignores capabilities like DAC_READ_SEARCH.
+    if os.path.isdir(TRACEFS) and not os.access(TRACEFS, os.R_OK | os.X_OK, effective_ids=True):
         raise CaptureError(
             f"cannot read tracefs at {TRACEFS}: run as root or add CAP_DAC_READ_SEARCH"
         )
@@ -73,13 +75,15 @@ class Capture:
         check_prerequisites()
         from bcc import BPF
 
-        # Create the pinned maps first so ipman and the program agree on their shape.
-        WorkloadMaps(config.pin_dir, create=True, max_entries=config.max_workloads).close()
+        # Create the pinned maps if absent, so ipman and the program agree on their shape; read-only
+        # is all the agent needs (and all that CAP_DAC_READ_SEARCH grants on a root-owned pin).
+        self._maps = WorkloadMaps(
+            config.pin_dir, create=True, max_entries=config.max_workloads, read_only=True
+        )
         cflags = [
             f"-DMAX_CONNECTIONS={config.max_connections}",
             f"-DMAX_WORKLOADS={config.max_workloads}",
             f"-DRINGBUF_PAGES={config.ring_pages}",
-            f'-DPIN_DIR="{config.pin_dir.rstrip("/")}"',
             "-Wno-ignored-attributes",  # noise from the distribution headers
         ]
         if config.capture_loopback:
@@ -87,7 +91,10 @@ class Capture:
         try:
             self._bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
         except Exception as e:  # BCC raises bare Exception for compile and load failures
+            self._maps.close()
             raise CaptureError(f"cannot load {BPF_SOURCE}: {e} (see the compiler output above)") from None
+        for name, fd in self._maps.fds().items():
+            self._bpf[name][ctypes.c_int(0)] = ctypes.c_int(fd)
         self._closed: list[ClosedConnection] = []
         self._bpf["flows"].open_ring_buffer(self._on_flow)
 
@@ -109,12 +116,17 @@ class Capture:
                 found.append(OpenConnection(address(bytes(conn.laddr)), conn.start_ns, workload))
         return found
 
+    def registrations(self) -> set[tuple[str, str]]:
+        """(ip, workload) for every entry of both workload maps; a shared address once per workload."""
+        return {(r.ip, r.workload) for r in self._maps.registrations()}
+
     def counters(self) -> dict[str, int]:
         table = self._bpf["counters"]
         return {name: sum(table[table.Key(i)]) for i, name in enumerate(COUNTER_NAMES)}
 
     def close(self) -> None:
         self._bpf.cleanup()
+        self._maps.close()
 
 
 def _closed_connection(raw: bytes) -> ClosedConnection:

@@ -3,6 +3,9 @@ a PEM certificate (its SPIFFE URI SAN, else its subject CN) or plain text holdin
 
 from __future__ import annotations
 
+import ctypes
+import ipaddress
+import socket
 from pathlib import Path
 
 from cryptography import x509
@@ -45,3 +48,46 @@ def _certificate_identity(pem: bytes, path: str | Path) -> str:
     if common_names:
         return str(common_names[0].value)
     raise IdentityError(f"certificate in {path} has neither a SPIFFE URI SAN nor a subject CN")
+
+
+class _Sockaddr(ctypes.Structure):
+    _fields_ = [("family", ctypes.c_ushort), ("data", ctypes.c_ubyte * 26)]
+
+
+class _Ifaddrs(ctypes.Structure):
+    pass
+
+
+_Ifaddrs._fields_ = [
+    ("next", ctypes.POINTER(_Ifaddrs)),
+    ("name", ctypes.c_char_p),
+    ("flags", ctypes.c_uint),
+    ("addr", ctypes.POINTER(_Sockaddr)),
+    ("netmask", ctypes.POINTER(_Sockaddr)),
+    ("ifu", ctypes.c_void_p),
+    ("data", ctypes.c_void_p),
+]
+
+
+def interface_addresses() -> set[str]:
+    """The addresses configured on this network namespace's interfaces (getifaddrs(3)), without
+    loopback: the identity's heartbeats claim an address only while it is still configured here."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    head = ctypes.POINTER(_Ifaddrs)()
+    if libc.getifaddrs(ctypes.byref(head)) != 0:
+        return set()
+    found = set()
+    try:
+        entry = head
+        while entry:
+            sockaddr = entry.contents.addr
+            if sockaddr:
+                family, raw = sockaddr.contents.family, bytes(sockaddr.contents.data)
+                if family == socket.AF_INET:
+                    found.add(socket.inet_ntop(socket.AF_INET, raw[2:6]))
+                elif family == socket.AF_INET6:
+                    found.add(socket.inet_ntop(socket.AF_INET6, raw[6:22]))
+            entry = entry.contents.next
+    finally:
+        libc.freeifaddrs(head)
+    return {a for a in found if not ipaddress.ip_address(a).is_loopback}

@@ -23,6 +23,7 @@ _SYS_BPF = 321  # x86_64
 _MAP_CREATE, _MAP_LOOKUP, _MAP_UPDATE, _MAP_DELETE, _MAP_NEXT_KEY = 0, 1, 2, 3, 4
 _OBJ_PIN, _OBJ_GET, _OBJ_INFO = 6, 7, 15
 _MAP_TYPE_HASH = 1
+_F_RDONLY = 1 << 3  # BPF_OBJ_GET file_flags: needs only read permission on the pin
 _ATTR_SIZE = 128
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -81,8 +82,9 @@ def value_workload(value: bytes) -> str:
 class WorkloadMaps:
     """The two pinned maps under one pin directory."""
 
-    def __init__(self, pin_dir: str | Path, create: bool, max_entries: int = 16384):
+    def __init__(self, pin_dir: str | Path, create: bool, max_entries: int = 16384, read_only: bool = False):
         self.pin_dir = Path(pin_dir)
+        self._file_flags = _F_RDONLY if read_only else 0
         self._fds: dict[str, int] = {}
         try:
             for name, key_size in ((IP_MAP, IP_KEY_SIZE), (IP_PORT_MAP, IP_PORT_KEY_SIZE)):
@@ -90,6 +92,10 @@ class WorkloadMaps:
         except BaseException:
             self.close()
             raise
+
+    def fds(self) -> dict[str, int]:
+        """Map name -> open file descriptor, valid until close()."""
+        return dict(self._fds)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -143,7 +149,7 @@ class WorkloadMaps:
                     "(`flowattr ipman add` or `flowattr export` create it)"
                 )
             return self._create(path, name, key_size, max_entries)
-        fd = _bpf_path(_OBJ_GET, path)
+        fd = _bpf_path(_OBJ_GET, path, flags=self._file_flags)
         info = _map_info(fd)
         if info != (_MAP_TYPE_HASH, key_size, WORKLOAD_LEN):
             os.close(fd)
@@ -204,10 +210,10 @@ def _bpf(cmd: int, attr: ctypes.Array, what: str) -> int:
     return result
 
 
-def _bpf_path(cmd: int, path: Path, fd: int = 0) -> int:
+def _bpf_path(cmd: int, path: Path, fd: int = 0, flags: int = 0) -> int:
     name = ctypes.create_string_buffer(str(path).encode())
     attr = _attr()
-    struct.pack_into("=QI", attr, 0, ctypes.addressof(name), fd)
+    struct.pack_into("=QII", attr, 0, ctypes.addressof(name), fd, flags)
     return _bpf(cmd, attr, what=f"open {path}" if cmd == _OBJ_GET else f"pin {path}")
 
 

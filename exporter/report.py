@@ -1,11 +1,14 @@
-"""Turns captured connections into the records of docs/records.md: a `flow` per closed connection
-and a `heartbeat` per local address whose workload has connections still open. Pure: no BPF, no Kafka."""
+"""Turns captured connections and held addresses into the records of docs/records.md: a `flow` per
+closed connection and a `heartbeat` per (local address, workload) held in the interval. Pure: no BPF,
+no Kafka."""
 
 from __future__ import annotations
 
 import socket
 import time
 from dataclasses import dataclass
+
+from exporter.holdings import Span
 
 OUTBOUND, INBOUND = 1, 2
 _DIRECTIONS = {OUTBOUND: "outbound", INBOUND: "inbound"}
@@ -76,9 +79,15 @@ class Reporter:
         return record
 
     def heartbeats(
-        self, open_connections: list[OpenConnection], host_identity: str | None, now_ns: int
+        self,
+        open_connections: list[OpenConnection],
+        held: list[Span],
+        host_identity: str | None,
+        now_ns: int,
     ) -> list[dict]:
-        """One per (local address, workload): owned from its oldest open connection's start to now."""
+        """One per (local address, workload) and span: the spans the maps (or the identity's
+        addresses) were held in this interval, and, for pairs with connections open, from the oldest
+        open connection's start to now; both for one pair make one heartbeat from the earlier start."""
         oldest: dict[tuple[str, str], int] = {}
         for conn in open_connections:
             workload = conn.workload or host_identity
@@ -86,6 +95,14 @@ class Reporter:
                 continue
             key = (conn.local_ip, workload)
             oldest[key] = min(oldest.get(key, conn.start_ns), conn.start_ns)
+        spans = []
+        for span in held:
+            key = (span.ip, span.workload)
+            if span.end_ns == now_ns and key in oldest:
+                spans.append((span.ip, span.workload, min(span.start_ns, oldest.pop(key)), now_ns))
+            else:
+                spans.append((span.ip, span.workload, span.start_ns, span.end_ns))
+        spans += [(ip, workload, start_ns, now_ns) for (ip, workload), start_ns in oldest.items()]
         return [
             {
                 "v": 1,
@@ -95,9 +112,9 @@ class Reporter:
                 "ip": ip,
                 "workload": workload,
                 "start_ms": self.epoch_ms(start_ns),
-                "end_ms": self.epoch_ms(max(now_ns, start_ns)),
+                "end_ms": self.epoch_ms(max(end_ns, start_ns)),
             }
-            for (ip, workload), start_ns in sorted(oldest.items())
+            for ip, workload, start_ns, end_ns in sorted(spans)
         ]
 
 

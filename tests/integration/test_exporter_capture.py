@@ -155,10 +155,10 @@ def flowattr(*args: str, env: dict[str, str], user: str | None = None) -> subpro
 class Agent:
     """`flowattr export` as a process; its stderr lines are collected as they come."""
 
-    def __init__(self, env: dict[str, str], out: Path | None):
+    def __init__(self, env: dict[str, str], out: Path | None, prefix: tuple[str, ...] = ()):
         args = ["--out", str(out)] if out else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "exporter.cli", "export", *args],
+            [*prefix, sys.executable, "-m", "exporter.cli", "export", *args],
             env=env, cwd=REPO, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []
@@ -307,11 +307,12 @@ def test_every_connection_is_reported_exactly(hosts, pin_dir, tmp_path):
     assert all(r["end_ms"] - r["start_ms"] >= 3000 for r in long_lived)
 
     heartbeats = [r for r in records if r["kind"] == "heartbeat" and r["ip"] in ours]
-    for ip, workload in ((A4, "ws-a"), (B4, "ws-b")):
-        mine = [h for h in heartbeats if h["ip"] == ip]
-        assert mine and {h["workload"] for h in mine} == {workload}
-        assert max(h["end_ms"] - h["start_ms"] for h in mine) >= 1000
-    assert {h["ip"] for h in heartbeats} == {A4, B4}  # only the long-lived connection stayed open
+    # Every registration heartbeats, whatever its traffic; the host identity only for addresses
+    # configured on the agent's own interfaces (B4_SPARE lives in a namespace).
+    assert {(h["ip"], h["workload"]) for h in heartbeats} == {(ip, wl) for ip, wl, *_ in registrations}
+    # The long-lived connection's start is claimed too, though it began before its interval.
+    assert any(h["ip"] == A4 and h["workload"] == "ws-a" and h["start_ms"] <= held_from + 50
+               and h["end_ms"] - h["start_ms"] >= 1000 for h in heartbeats)
 
     stats = agent.stats()
     assert stats["lost_events"] == 0 and stats["connections_full"] == 0
@@ -341,3 +342,43 @@ def test_without_workload_maps_the_host_identity_names_the_local_end(hosts, pin_
     ])
     # The agent created the maps, so a platform can register workloads from now on.
     assert (pin_dir / "ip_workload").exists() and (pin_dir / "ip_port_workload").exists()
+
+
+def test_registered_addresses_heartbeat_every_interval_and_stop_when_removed(hosts, pin_dir, tmp_path):
+    """Only short connections, yet both addresses claim every interval without a gap; once B4's
+    mapping is removed its claims stop at the last poll that saw it."""
+    env = exporter_env(pin_dir, tmp_path)
+    for ip, workload in ((A4, "ws-a"), (B4, "ws-b")):
+        assert flowattr("ipman", "add", ip, workload, env=env).returncode == 0
+    out = tmp_path / "flows.jsonl"
+    agent = Agent(env, out)
+    started = time.time() * 1000
+    try:
+        server = serve(hosts["b"], B4, 7200, 6, 10)
+        for _ in range(6):
+            connect(hosts["a"], B4, 7200, 10, A4)
+            time.sleep(0.4)
+        server.communicate(timeout=60)
+        time.sleep(1.5)
+        assert flowattr("ipman", "remove", B4, env=env).returncode == 0
+        removed_at = time.time() * 1000
+        time.sleep(3.5)
+    finally:
+        assert agent.stop() == 0, "\n".join(agent.lines)
+    stopped = time.time() * 1000
+
+    records = read_batches(out)
+    beats = sorted((r["start_ms"], r["end_ms"], r["ip"], r["workload"])
+                   for r in records if r["kind"] == "heartbeat" and r["ip"] in (A4, B4))
+    assert {(ip, wl) for _, _, ip, wl in beats} == {(A4, "ws-a"), (B4, "ws-b")}
+    a = [(start, end) for start, end, ip, _ in beats if ip == A4]
+    b = [(start, end) for start, end, ip, _ in beats if ip == B4]
+    # A4: one heartbeat per interval, each starting where the previous one ended, agent start to stop.
+    assert a[0][0] - started < 1500 and stopped - a[-1][1] < 1500
+    assert all(prev[1] == nxt[0] for prev, nxt in zip(a, a[1:])), a
+    assert len(a) >= 8
+    # B4: contiguous until the removal, nothing claimed after it.
+    assert b[0][0] - started < 1500 and all(prev[1] == nxt[0] for prev, nxt in zip(b, b[1:])), b
+    assert removed_at - 1500 < b[-1][1] <= removed_at
+    flows = [r for r in records if r["kind"] == "flow" and r["local_ip"] in (A4, B4)]
+    assert len(flows) == 12 and all(r["end_ms"] <= removed_at for r in flows)

@@ -3,6 +3,7 @@
 import orjson
 
 from dataflow.records import RAW, Origin, TimeBounds, decode_message
+from exporter.holdings import Span
 from exporter.report import INBOUND, OUTBOUND, ClosedConnection, OpenConnection, Reporter, address
 from exporter.ship import batches
 
@@ -44,18 +45,34 @@ def test_one_heartbeat_per_address_and_workload_from_the_oldest_open_connection(
         OpenConnection("10.0.0.9", 4_000_000_000, ""),  # host identity
         OpenConnection("10.0.0.1", 1_000_000_000, "api"),
     ]
-    beats = REPORTER.heartbeats(open_connections, "host-a", now_ns=9_000_000_000)
-    assert [(b["ip"], b["workload"], b["start_ms"] - 1_700_000_000_000, b["end_ms"] - 1_700_000_000_000)
-            for b in beats] == [
+    beats = REPORTER.heartbeats(open_connections, [], "host-a", now_ns=9_000_000_000)
+    assert spans(beats) == [
         ("10.0.0.1", "api", 1000, 9000), ("10.0.0.1", "web", 2000, 9000), ("10.0.0.9", "host-a", 4000, 9000),
     ]
-    assert REPORTER.heartbeats([OpenConnection("10.0.0.9", 1, "")], None, now_ns=5) == []
+    assert REPORTER.heartbeats([OpenConnection("10.0.0.9", 1, "")], [], None, now_ns=5) == []
+
+
+def test_held_mappings_heartbeat_and_merge_with_open_connections():
+    held = [
+        Span("10.0.0.1", "web", 6_000_000_000, 9_000_000_000),  # still held: merged with its open connection
+        Span("10.0.0.2", "db", 6_000_000_000, 9_000_000_000),  # held, only short connections
+        Span("10.0.0.3", "old", 6_000_000_000, 7_000_000_000),  # removed mid-interval
+    ]
+    beats = REPORTER.heartbeats([OpenConnection("10.0.0.1", 2_000_000_000, "web")], held, None, 9_000_000_000)
+    assert spans(beats) == [
+        ("10.0.0.1", "web", 2000, 9000), ("10.0.0.2", "db", 6000, 9000), ("10.0.0.3", "old", 6000, 7000),
+    ]
+
+
+def spans(beats: list[dict]) -> list[tuple]:
+    return [(b["ip"], b["workload"], b["start_ms"] - 1_700_000_000_000, b["end_ms"] - 1_700_000_000_000)
+            for b in beats]
 
 
 def test_the_jobs_decoder_accepts_what_the_exporter_writes():
     now_ms = 1_700_000_010_000
     records = [REPORTER.flow(closed(), "h")] + REPORTER.heartbeats(
-        [OpenConnection("fd00::1", 1_000_000_000, "web")], "h", 9_000_000_000)
+        [OpenConnection("fd00::1", 1_000_000_000, "web")], [], "h", 9_000_000_000)
     for batch in batches(records, 1):
         good, dead = decode_message(orjson.dumps(batch), Origin("t", 0, 0, RAW),
                                     TimeBounds(now_ms - 60_000, now_ms + 60_000))
