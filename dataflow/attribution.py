@@ -42,6 +42,7 @@ class Shard:
         """`partitions`: how many raw-topic partitions feed the job. `live`: input never ends, so
         event time must also move while input is idle (Kafka); otherwise it moves only with input."""
         self.delay_ms = int(settings.delay_s * 1000)
+        self.event_settle_ms = int(min(settings.event_settle_s, settings.max_wait_s) * 1000)
         self.max_wait_ms = int(settings.max_wait_s * 1000)
         self.retention_ms = int(settings.retention_s * 1000)
         self.max_ranges = settings.max_ranges_per_ip
@@ -156,10 +157,10 @@ class Shard:
         decided: list[Flow] = []
         while self.first_tries:
             _, _, flow = heapq.heappop(self.first_tries)
-            decided.append(self._answer(flow) or _no_owner(flow))
+            decided.append(self._answer(flow, final=True) or _no_owner(flow))
         for entry in self.deadlines:
             if entry[3]:
-                decided.append(self._answer(entry[2]) or _no_owner(entry[2]))
+                decided.append(self._answer(entry[2], final=True) or _no_owner(entry[2]))
         self.deadlines.clear()
         self.waiting.clear()
         return decided
@@ -175,7 +176,12 @@ class Shard:
                 continue
             deadline = flow["start_ms"] + self.max_wait_ms
             if deadline <= clock:
-                decided.append(_no_owner(flow))
+                decided.append(self._answer(flow, final=True) or _no_owner(flow))
+                continue
+            settled = flow["start_ms"] + self.event_settle_ms
+            ip = flow["remote_ip"]
+            if clock < settled and ip in self.events and ip not in self.ranges:
+                heapq.heappush(first_tries, (settled, seq, flow))  # try again once events have settled
                 continue
             entry = [deadline, seq, flow, True]
             self.waiting.setdefault(flow["remote_ip"], []).append(entry)
@@ -193,7 +199,7 @@ class Shard:
                 self.waiting[ip] = entries
             else:
                 self.waiting.pop(ip, None)
-            decided.append(self._answer(flow) or _no_owner(flow))
+            decided.append(self._answer(flow, final=True) or _no_owner(flow))
 
     def _retry(self, ip: str, decided: list[Flow]) -> None:
         still = []
@@ -211,8 +217,9 @@ class Shard:
         else:
             del self.waiting[ip]
 
-    def _answer(self, flow: Flow) -> Flow | None:
-        """The decision for one flow's remote address, or None while no evidence covers its start."""
+    def _answer(self, flow: Flow, final: bool = False) -> Flow | None:
+        """The decision for one flow's remote address, or None while no evidence covers its start.
+        `final`: the last try before giving up (the deadline, or the end of the input)."""
         ip, start = flow["remote_ip"], flow["start_ms"]
         reports = self.connections.get((ip, flow["remote_port"], flow["local_ip"], flow["local_port"]))
         if reports:
@@ -229,9 +236,10 @@ class Shard:
             if owner is None:
                 return None
             return attributed(flow, ATTRIBUTED_OUTCOME, owner, None, "heartbeat", "range")
-        # Assignment events speak only for addresses that never sent a heartbeat.
+        # Assignment events speak only for addresses that never sent a heartbeat, and only once a
+        # late unassignment would have had time to arrive.
         events = self.events.get(ip)
-        if events:
+        if events and (self.clock_ms >= start + self.event_settle_ms or final):
             owner = ownership.assigned_at(events, start)
             if owner is not None:
                 return attributed(flow, ATTRIBUTED_OUTCOME, owner, None, "ip_event", "event")

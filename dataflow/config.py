@@ -42,6 +42,9 @@ class AttributionConfig:
     skew_guard_ms: int = 1000
     # The remote host's report of the same connection matches when its start is this close.
     connection_window_ms: int = 2000
+    # Assignment events arrive up to minutes late; an answer from them waits this much event time
+    # past the flow's start (at most max_wait_s), so that an unassignment already made has arrived.
+    event_settle_s: float = 120.0
     shards: int = 128
     idle_advance_s: float = 5.0
     max_future_s: float = 3600.0
@@ -238,6 +241,8 @@ def _check(config: Config) -> None:
     a = config.attribution
     if a.delay_s < 0 or a.max_wait_s < a.delay_s:
         raise ConfigError("attribution.max_wait_s must be at least attribution.delay_s (both >= 0)")
+    if a.event_settle_s < 0:
+        raise ConfigError("attribution.event_settle_s must be >= 0")
     if a.shards < 1 or a.max_ranges_per_ip < 1:
         raise ConfigError("attribution.shards and attribution.max_ranges_per_ip must be >= 1")
     if config.kafka.starting_offset not in ("beginning", "end"):

@@ -85,8 +85,9 @@ class LinesWriter(StatelessSinkPartition[Any]):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "ab")
 
-    def write_batch(self, records: list[dict[str, Any]]) -> None:
-        self._file.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    def write_batch(self, batches: list[list[dict[str, Any]]]) -> None:
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        self._file.write(b"".join(dumps(r, option=newline) for records in batches for r in records))
         self._file.flush()
 
     def close(self) -> None:
@@ -94,7 +95,7 @@ class LinesWriter(StatelessSinkPartition[Any]):
 
 
 class OutputFiles(DynamicSink[Any]):
-    """Records to `<folder>/<stem>-<worker>.ndjson`."""
+    """Lists of records to `<folder>/<stem>-<worker>.ndjson`, one record a line."""
 
     def __init__(self, folder: str | Path, stem: str):
         self.folder = Path(folder)

@@ -69,17 +69,15 @@ def build(config: Config, tally: Tally) -> Dataflow:
 
     if file_mode:
         out = config.files.output_dir
-        op.output(
-            "write_attributed",
-            op.flat_map("one_per_line", answers, lambda flows: flows),
-            file_io.OutputFiles(out, "attributed"),
-        )
+        op.output("write_attributed", answers, file_io.OutputFiles(out, "attributed"))
         for region in sorted(set(config.regions) - {config.region}):
-            to_region = op.flat_map(
-                f"forward_to_{region}", forwards, lambda f, r=region: f.flows if f.region == r else []
+            to_region = op.filter_map(
+                f"forward_to_{region}", forwards, lambda f, r=region: f.flows if f.region == r else None
             )
             op.output(f"write_forward_{region}", to_region, file_io.OutputFiles(out, f"forward.{region}"))
-        op.output("write_dead_letters", dead, file_io.OutputFiles(out, "dlq"))
+        op.output(
+            "write_dead_letters", op.map("dead_letter_lists", dead, lambda r: [r]), file_io.OutputFiles(out, "dlq")
+        )
     else:
         k = config.kafka
         op.output(

@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Iterable, NamedTuple
 
+import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -151,3 +152,27 @@ def _read_to_end(c: Consumer, topic: str, partition: int, next_offset: int) -> b
         return True
     pos = c.position([TopicPartition(topic, partition)])[0].offset
     return pos >= high
+
+
+def read_records(bootstrap: str, topics: list[str], until, timeout_s: float = 180.0,
+                 settle_s: float = 0.0) -> dict[str, list[dict]]:
+    """Records per topic, batches unpacked, from the beginning, once `until(records by topic)` holds
+    and settle_s more (for what should not come, such as a duplicate), or at the timeout."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe(list(topics))
+    records: dict[str, list[dict]] = {t: [] for t in topics}
+    deadline = time.monotonic() + timeout_s
+    settled_at = None
+    try:
+        while time.monotonic() < deadline and (settled_at is None or time.monotonic() < settled_at):
+            if settled_at is None and until(records):
+                settled_at = time.monotonic() + settle_s
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            parsed = orjson.loads(msg.value())
+            records[msg.topic()].extend(parsed if isinstance(parsed, list) else [parsed])
+    finally:
+        consumer.close()
+    return records

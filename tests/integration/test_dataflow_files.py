@@ -2,7 +2,6 @@
 giving the same answer for every flow as a single worker."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from dataflow import simulate as sim
 from dataflow.file_io import read_outputs
+from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWATTR = [sys.executable, "-m", "dataflow.cli"]
@@ -29,16 +29,6 @@ def test_embedded_run_attributes_a_simulated_fleet_with_nothing_misattributed(tm
     attributed = [a for a in answers if a["outcome"] == "attributed"]
     assert len(attributed) > 0.9 * len(answers)
     assert all(truth[a["flow_id"]] == a["remote_workload"] for a in attributed if a["flow_id"] in truth)
-
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def write_config(path, input_dir, output_dir):

@@ -5,18 +5,21 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from dataflow import simulate as sim
 from dataflow.config import load_config
 from dataflow.file_io import read_outputs
 from dataflow.kafka_io import ensure_topics
+from kafka_io import read_records
+from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.kafka
@@ -54,28 +57,6 @@ def produce(bootstrap, topic, values, key=None):
     assert producer.flush(30) == 0 and failures == []
 
 
-def consume_records(bootstrap, topics, until, timeout_s=180, settle_s=0.0):
-    """Records per topic (batches unpacked) once `until(records by topic)` holds (and settle_s more,
-    for anything that should not come, such as a duplicate), or at the timeout."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"})
-    consumer.subscribe(list(topics))
-    records = {t: [] for t in topics}
-    deadline = time.monotonic() + timeout_s
-    try:
-        settled_at = None
-        while time.monotonic() < deadline and (settled_at is None or time.monotonic() < settled_at):
-            if settled_at is None and until(records):
-                settled_at = time.monotonic() + settle_s
-            msg = consumer.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            parsed = orjson.loads(msg.value())
-            records[msg.topic()].extend(parsed if isinstance(parsed, list) else [parsed])
-    finally:
-        consumer.close()
-    return records
-
-
 @pytest.fixture(scope="module")
 def fleet():
     start = (int(time.time()) // 60 - 12) * 60_000
@@ -83,18 +64,24 @@ def fleet():
                                      late_delay_s=15.0))
 
 
-def load(bootstrap, config_path, fleet, side_topics=True):
+def load(bootstrap, config_path, fleet, side_topics=True, raw=True):
     config = load_config(config_path, environ={})
     ensure_topics(config)
     k = config.kafka
     if side_topics:
         produce(bootstrap, k.ip_events_topic, [v for _, v in fleet.ip_event_messages])
         produce(bootstrap, config.forward_topic(sim.HOME), [v for _, v in fleet.forwarded_messages])
-    produce(bootstrap, k.raw_topic, [v for _, v in fleet.flow_messages] + [v for v, _ in BAD_MESSAGES[:2]])
-    produce(bootstrap, k.raw_topic, [BAD_MESSAGES[2][0], BAD_MESSAGES[3][0], BAD_MESSAGES[4][0]])
+    if raw:
+        produce_raw(bootstrap, config, fleet)
     flows = sum(1 for _, v in fleet.flow_messages for r in orjson.loads(v) if r["kind"] == "flow")
     forwarded_in = sum(len(orjson.loads(v)) for _, v in fleet.forwarded_messages) if side_topics else 0
     return config, flows + forwarded_in
+
+
+def produce_raw(bootstrap, config, fleet):
+    raw = config.kafka.raw_topic
+    produce(bootstrap, raw, [v for _, v in fleet.flow_messages] + [v for v, _ in BAD_MESSAGES[:2]])
+    produce(bootstrap, raw, [BAD_MESSAGES[2][0], BAD_MESSAGES[3][0], BAD_MESSAGES[4][0]])
 
 
 def outcomes(records):
@@ -104,20 +91,33 @@ def outcomes(records):
 def test_raw_topic_through_the_job_to_its_output_topics(kafka_bootstrap, tmp_path, fleet):
     prefix = f"t{uuid.uuid4().hex[:8]}."
     config_path = write_config(tmp_path / "flowattr.toml", kafka_bootstrap, prefix)
-    config, flows_in = load(kafka_bootstrap, config_path, fleet)
-
+    # As live: the assignment events and forwarded flows are in the job's hands before the raw flows
+    # they describe. A backfill reads those topics at its own pace (docs/attribution.md).
+    config, flows_in = load(kafka_bootstrap, config_path, fleet, raw=False)
+    errors = open(tmp_path / "job.err", "w")
     job = subprocess.Popen([sys.executable, "-m", "dataflow.cli", "--config", str(config_path), "run",
-                            "--summary-every", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            "--summary-every", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=errors, text=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(job.stdout), daemon=True)
+    reader.start()
     k = config.kafka
     topics = [k.attributed_topic, config.forward_topic(sim.AWAY), k.dlq_topic]
     try:
-        out = consume_records(kafka_bootstrap, topics, settle_s=3, until=lambda r: (
+        side = f"in.forwarded={sum(len(orjson.loads(v)) for _, v in fleet.forwarded_messages)} in.ip_events=5"
+        deadline = time.monotonic() + 120
+        while not any(side in line for line in lines) and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.2)
+        produce_raw(kafka_bootstrap, config, fleet)
+        out = read_records(kafka_bootstrap, topics, settle_s=3, until=lambda r: (
             len(r[topics[0]]) + len(r[topics[1]]) >= flows_in and len(r[topics[2]]) >= len(BAD_MESSAGES)))
         attributed, forwarded, dead = (out[t] for t in topics)
     finally:
         job.send_signal(signal.SIGTERM)
-        stdout, stderr = job.communicate(timeout=60)
+        job.wait(timeout=60)
+        reader.join(timeout=10)
+        errors.close()
+    stdout, stderr = "".join(lines), (tmp_path / "job.err").read_text()
     assert "stopped;" in stdout, stderr
 
     # Counts in equal counts out: every flow in exactly one output topic, exactly once.
@@ -149,14 +149,7 @@ def test_two_processes_of_two_workers_on_kafka_answer_as_one_worker_on_the_recor
     config_path = write_config(tmp_path / "flowattr.toml", kafka_bootstrap, prefix, partitions=1)
     config, flows_in = load(kafka_bootstrap, config_path, fleet, side_topics=False)
 
-    ports = []
-    import socket
-    for _ in range(2):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        ports.append(s.getsockname()[1])
-        s.close()
-    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
     procs = [
         subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflow.flow:from_environment()", "-w", "2",
                           "-i", str(i), "-a", addresses], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -166,7 +159,7 @@ def test_two_processes_of_two_workers_on_kafka_answer_as_one_worker_on_the_recor
     try:
         forwarded_n = sum(1 for _, v in fleet.flow_messages for r in orjson.loads(v)
                           if r["kind"] == "flow" and r["remote_ip"].startswith(("10.1.", "fd00:0:1:")))
-        attributed = consume_records(kafka_bootstrap, [config.kafka.attributed_topic],
+        attributed = read_records(kafka_bootstrap, [config.kafka.attributed_topic],
                                      until=lambda r: len(r[config.kafka.attributed_topic]) >= flows_in - forwarded_n)
         attributed = attributed[config.kafka.attributed_topic]
     finally:
@@ -191,3 +184,18 @@ def test_two_processes_of_two_workers_on_kafka_answer_as_one_worker_on_the_recor
     many = outcomes(attributed)
     assert len(attributed) == len(many) == len(one)
     assert many == one
+
+
+def test_tail_prints_one_record_per_line_whatever_the_framing(kafka_bootstrap):
+    topic = f"t{uuid.uuid4().hex[:8]}.flows.attributed"
+    config = load_config(environ={}, overrides={"kafka.brokers": kafka_bootstrap, "kafka.attributed_topic": topic})
+    ensure_topics(config)
+    produce(kafka_bootstrap, topic, [orjson.dumps([{"n": 1}, {"n": 2}]), orjson.dumps({"n": 3})])
+    tail = subprocess.run([sys.executable, "-m", "dataflow.cli", "tail", topic, "--brokers", kafka_bootstrap],
+                          cwd=ROOT, capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert tail.returncode == 0, tail.stderr
+    assert [orjson.loads(line) for line in tail.stdout.splitlines()] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    missing = subprocess.run([sys.executable, "-m", "dataflow.cli", "tail", "no.such.topic", "--brokers",
+                              kafka_bootstrap], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert missing.returncode == 2 and "no.such.topic does not exist" in missing.stderr

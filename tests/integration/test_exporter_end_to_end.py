@@ -15,9 +15,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer
 
 from dataflow.config import load_config
+from kafka_io import read_records
 from dataflow.kafka_io import ensure_topics
 from test_exporter_capture import Agent, connect, exporter_env, flowattr, pin_dir, require_ebpf, serve, sh  # noqa: F401
 
@@ -81,24 +81,6 @@ class Connections:
             self.expected[(server_ip, port, report["remote_ip"], report["remote_port"])] = owner_of[report["remote_ip"]]
 
 
-def read_topics(bootstrap: str, topics: list[str], until, timeout_s: float) -> dict[str, list[dict]]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})
-    consumer.subscribe(topics)
-    records = {t: [] for t in topics}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and not until(records):
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            parsed = orjson.loads(msg.value())
-            records[msg.topic()].extend(parsed if isinstance(parsed, list) else [parsed])
-    finally:
-        consumer.close()
-    return records
-
-
 def key(flow: dict) -> tuple:
     return (flow["local_ip"], flow["local_port"], flow["remote_ip"], flow["remote_port"])
 
@@ -141,10 +123,8 @@ def test_every_connection_is_attributed_right_at_both_ends(hosts, pin_dir, tmp_p
         expected = conns.expected
         topics = [config.kafka.attributed_topic, config.kafka.raw_topic]
         ours = lambda records: [r for r in records if r.get("local_ip") in OURS]  # noqa: E731
-        out = read_topics(kafka_bootstrap, topics, timeout_s=40, until=lambda r: (
+        out = read_records(kafka_bootstrap, topics, timeout_s=40, settle_s=3, until=lambda r: (
             len({key(f) for f in ours(r[topics[0]])}) >= len(expected)))
-        time.sleep(2)  # anything more would be a duplicate: give it the chance to show up
-        out = read_topics(kafka_bootstrap, topics, until=lambda r: False, timeout_s=4)
     finally:
         if agent:
             assert agent.stop() == 0, "\n".join(agent.lines)

@@ -5,7 +5,6 @@ explicit addresses on loopback, Kafka -> the job's file mode, the ConfigMap -> a
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,18 +13,9 @@ import orjson
 
 from dataflow.summary import file_run_summary
 from k8s_render import CONFIG_PATH, config_text, one, pod_env, render
+from tests.ports import free_ports
 
 FLOWATTR = Path(sys.executable).with_name("flowattr")  # the console script pip installed
-
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def tally_of(stdout: str) -> dict[str, int]:

@@ -130,7 +130,7 @@ def test_assignment_events_answer_only_for_addresses_without_heartbeats():
     s.absorb(ShardWork(ip_events=[("10.0.255.1", "lb/public", T0 - MIN), ("10.0.0.9", "lb/stale", T0 - MIN)]), 0)
     s.absorb(claims(("10.0.0.9", "web", T0 - MIN, T0 + MIN)), 0)
     s.absorb(lookups(flow(remote_ip="10.0.255.1"), flow(remote_ip="10.0.0.9")), 0)
-    answers = {a["remote_ip"]: a for a in s.absorb(clock(T0 + MIN), 0)}
+    answers = {a["remote_ip"]: a for a in s.absorb(clock(T0 + 2 * MIN), 0)}
     assert (answers["10.0.255.1"]["remote_workload"], answers["10.0.255.1"]["source"]) == ("lb/public", "ip_event")
     assert (answers["10.0.0.9"]["remote_workload"], answers["10.0.0.9"]["source"]) == ("web", "heartbeat")
 
@@ -170,3 +170,23 @@ def test_live_a_silent_partition_stops_holding_event_time_back():
     assert s.absorb(clock(T0 + 2 * MIN), wall_ms=1_000) == []  # partition 1 may still speak
     [answer] = s.absorb(clock(T0 + 6 * MIN), wall_ms=6_000)  # it has not, for idle_advance_s
     assert answer["reason"] == "no_owner"
+
+
+def test_an_answer_from_events_waits_for_a_late_unassignment():
+    s = shard(event_settle_s=120)
+    s.absorb(ShardWork(ip_events=[("10.0.255.1", "lb/old", T0 - 10 * MIN)]), 0)
+    s.absorb(lookups(flow(remote_ip="10.0.255.1", start=T0)), 0)
+    assert s.absorb(clock(T0 + 90_000), 0) == []  # past the delay, but events may still be late
+    # The load balancer was released 5 s before the flow; the event says so 100 s late.
+    s.absorb(ShardWork(ip_events=[("10.0.255.1", None, T0 - 5_000)], progress={0: T0 + 100_000}), 0)
+    assert s.absorb(clock(T0 + 2 * MIN), 0) == []
+    [answer] = s.absorb(clock(T0 + 5 * MIN), 0)
+    assert (answer["outcome"], answer["reason"]) == ("unattributed", "no_owner")
+
+
+def test_events_settled_answer_without_waiting_for_the_deadline():
+    s = shard(event_settle_s=120)
+    s.absorb(ShardWork(ip_events=[("10.0.255.1", "lb/one", T0 - 10 * MIN)]), 0)
+    s.absorb(lookups(flow(remote_ip="10.0.255.1", start=T0)), 0)
+    [answer] = s.absorb(clock(T0 + 2 * MIN), 0)
+    assert (answer["remote_workload"], answer["source"]) == ("lb/one", "ip_event")
