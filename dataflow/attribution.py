@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from itertools import chain
-from dataclasses import dataclass, field
 from typing import Any
 
 from dataflow import ownership
@@ -20,19 +18,33 @@ Flow = dict[str, Any]
 ConnectionKey = tuple[str, int, str, int]
 
 
-@dataclass(slots=True)
-class ShardWork:
-    """What one input message brings to one shard, in arrival order within each list."""
+# A ShardWork's items are tuples led by their kind:
+INTERVAL = 0  # (INTERVAL, ip, workload, start, end): a heartbeat over an interval
+CLAIM = 1  # (CLAIM, ip, workload, start, end): a flow's proof of its local owner
+CONNECTION = 2  # (CONNECTION, (local_ip, local_port, remote_ip, remote_port), start, workload)
+ASSIGNMENT = 3  # (ASSIGNMENT, ip, owner or None, time): an assignment event
+LOOKUP = 4  # (LOOKUP, flow): name the flow's remote end
 
-    # (ip, workload, start, end): whole-interval heartbeats first, so that the claims of the flows
-    # within them are found already covered and cost nothing.
-    heartbeats: list[tuple[str, str, int, int]] = field(default_factory=list)
-    claims: list[tuple[str, str, int, int]] = field(default_factory=list)
-    connections: list[tuple[ConnectionKey, int, str]] = field(default_factory=list)  # key, start, workload
-    ip_events: list[tuple[str, str | None, int]] = field(default_factory=list)  # ip, owner/None, time
-    lookups: list[Flow] = field(default_factory=list)
-    # How far each raw-topic partition has got in event time, as of the message this came from.
-    progress: dict[int, int] = field(default_factory=dict)
+
+class ShardWork:
+    """What one input message brings to one shard: its items in arrival order, interval heartbeats
+    first (the flow claims within them are then found covered and cost nothing), and how far each
+    raw-topic partition has got in event time as of that message. Built per message per shard,
+    often for a single record, so it is kept to one list."""
+
+    __slots__ = ("items", "progress")
+
+    def __init__(self, items: list[tuple] | None = None, progress: dict[int, int] | None = None):
+        self.items = [] if items is None else items
+        self.progress = {} if progress is None else progress
+
+    @classmethod
+    def of(cls, progress=None, heartbeats=(), claims=(), connections=(), ip_events=(), lookups=()) -> ShardWork:
+        """A ShardWork from plain tuples, kind by kind."""
+        items = [(INTERVAL, *h) for h in heartbeats] + [(CLAIM, *c) for c in claims]
+        items += [(CONNECTION, *c) for c in connections] + [(ASSIGNMENT, *e) for e in ip_events]
+        items += [(LOOKUP, flow) for flow in lookups]
+        return cls(items, progress)
 
 
 class Shard:
@@ -71,41 +83,46 @@ class Shard:
         return len(self.first_tries) + sum(len(entries) for entries in self.waiting.values())
 
     def absorb(self, work: ShardWork, wall_ms: int) -> list[Flow]:
-        """Take one batch of work, return the flows decided because of it."""
+        """Take one message's work, return the flows decided because of it."""
         touched = set()
         waiting = self.waiting
-        for ip, workload, start, end in chain(work.heartbeats, work.claims):
-            spans = self.ranges.get(ip)
-            if spans is None:
-                spans = self.ranges[ip] = []
-            ownership.claim(spans, workload, start, end, self.max_ranges)
-            if ip in waiting:
-                touched.add(ip)
-        for key, start, workload in work.connections:
-            reports = self.connections.get(key)
-            if reports is None:
-                self.connections[key] = [(start, workload)]
-            else:
-                reports.append((start, workload))
-            self.connection_order.append((start, key))
-            if key[0] in waiting:
-                touched.add(key[0])
-        for ip, owner, time_ms in work.ip_events:
-            events = self.events.get(ip)
-            if events is None:
-                events = self.events[ip] = []
-            ownership.assign(events, owner, time_ms)
-            if ip in waiting:
-                touched.add(ip)
-        decided = []
+        ranges = self.ranges
+        decided: list[Flow] = []
         horizon = self.clock_ms - self.retention_ms
-        for flow in work.lookups:
-            start = flow["start_ms"]
-            if start < horizon:
-                decided.append(attributed(flow, UNATTRIBUTED, reason=EXPIRED))
+        for item in work.items:
+            kind = item[0]
+            if kind <= CLAIM:
+                _, ip, workload, start, end = item
+                spans = ranges.get(ip)
+                if spans is None:
+                    spans = ranges[ip] = []
+                ownership.claim(spans, workload, start, end, self.max_ranges)
+            elif kind == CONNECTION:
+                _, key, start, workload = item
+                reports = self.connections.get(key)
+                if reports is None:
+                    self.connections[key] = [(start, workload)]
+                else:
+                    reports.append((start, workload))
+                self.connection_order.append((start, key))
+                ip = key[0]
+            elif kind == LOOKUP:
+                flow = item[1]
+                start = flow["start_ms"]
+                if start < horizon:
+                    decided.append(attributed(flow, UNATTRIBUTED, reason=EXPIRED))
+                else:
+                    self.seq += 1
+                    heapq.heappush(self.first_tries, (start + self.delay_ms, self.seq, flow))
                 continue
-            self.seq += 1
-            heapq.heappush(self.first_tries, (start + self.delay_ms, self.seq, flow))
+            else:
+                _, ip, owner, time_ms = item
+                events = self.events.get(ip)
+                if events is None:
+                    events = self.events[ip] = []
+                ownership.assign(events, owner, time_ms)
+            if ip in waiting:
+                touched.add(ip)
         self._advance(work.progress, wall_ms)
         self.last_input_wall_ms = wall_ms
         for ip in touched:

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from dataflow.attribution import ShardWork
+from dataflow.attribution import ASSIGNMENT, CLAIM, CONNECTION, INTERVAL, LOOKUP, ShardWork
 from dataflow.config import Config
 from dataflow.records import (
     EXTERNAL,
@@ -114,20 +114,20 @@ class Router:
                     # An interim report of a connection still open: ownership only, answered when it closes.
                     work = self._work(works, record["local_ip"])
                     if record["local_workload"] is not None:
-                        work.heartbeats.append(
-                            (record["local_ip"], record["local_workload"], record["start_ms"], record["end_ms"])
+                        work.items.insert(
+                            0, (INTERVAL, record["local_ip"], record["local_workload"], record["start_ms"], record["end_ms"])
                         )
                     counts["absorbed.open_flow"] += 1
                 elif kind == FLOW:
                     self._route_flow(record, role, works, forwards, external)
                 elif kind == HEARTBEAT:
                     work = self._work(works, record["ip"])
-                    work.heartbeats.append((record["ip"], record["workload"], record["start_ms"], record["end_ms"]))
+                    work.items.insert(0, (INTERVAL, record["ip"], record["workload"], record["start_ms"], record["end_ms"]))
                     counts["absorbed.heartbeat"] += 1
                 else:
                     work = self._work(works, record["ip"])
                     owner = record["owner"] if record["action"] == "assigned" else None
-                    work.ip_events.append((record["ip"], owner, record["time_ms"]))
+                    work.items.append((ASSIGNMENT, record["ip"], owner, record["time_ms"]))
                     counts["absorbed.ip_event"] += 1
             for i, work in works.items():
                 work.progress = progress
@@ -156,17 +156,17 @@ class Router:
         # A forwarded flow's local address lives in another region: it is a lookup here, not a heartbeat.
         if workload is not None and role != FORWARDED:
             work = self._work(works, local_ip)
-            work.claims.append((local_ip, workload, flow["start_ms"], flow["end_ms"]))
+            work.items.append((CLAIM, local_ip, workload, flow["start_ms"], flow["end_ms"]))
             if remote_region is not None:
                 key = (local_ip, flow["local_port"], remote_ip, flow["remote_port"])
-                work.connections.append((key, flow["start_ms"], workload))
+                work.items.append((CONNECTION, key, flow["start_ms"], workload))
         if remote_region is None:
             external.append(attributed(flow, EXTERNAL))
         elif remote_region != self.home and role != FORWARDED:
             forwards.setdefault(remote_region, []).append(flow)
         else:
             work = self._work(works, remote_ip)
-            work.lookups.append(flow)
+            work.items.append((LOOKUP, flow))
 
 
 def _event_ms(record: dict[str, Any]) -> int:

@@ -24,15 +24,15 @@ def flow(remote_ip="10.0.0.9", start=T0, end=None, local_ip="10.0.0.1", local_po
 
 
 def claims(*items, now=0):
-    return ShardWork(claims=list(items), progress={0: now})
+    return ShardWork.of(claims=list(items), progress={0: now})
 
 
 def lookups(*flows, now=0):
-    return ShardWork(lookups=list(flows), progress={0: now})
+    return ShardWork.of(lookups=list(flows), progress={0: now})
 
 
 def clock(now):
-    return ShardWork(progress={0: now})
+    return ShardWork.of(progress={0: now})
 
 
 def test_no_answer_before_the_delay_then_the_covering_range():
@@ -110,7 +110,7 @@ def test_the_remote_hosts_report_of_the_connection_wins_over_a_skewed_range():
     # and the previous owner's range is within the guard. Only the server's own report can tell.
     s.absorb(claims(("10.0.0.9", "old", T0 - MIN, T0 - 100), ("10.0.0.9", "new", T0 + 300, T0 + MIN)), 0)
     c = flow(start=T0)
-    report = ShardWork(connections=[(("10.0.0.9", 443, "10.0.0.1", 40000), T0 + 350, "new")])
+    report = ShardWork.of(connections=[(("10.0.0.9", 443, "10.0.0.1", 40000), T0 + 350, "new")])
     s.absorb(report, 0)
     s.absorb(lookups(c), 0)
     [answer] = s.absorb(clock(T0 + 2 * MIN), 0)
@@ -127,7 +127,7 @@ def test_without_the_connection_report_the_skewed_boundary_is_a_conflict_not_a_g
 
 def test_assignment_events_answer_only_for_addresses_without_heartbeats():
     s = shard()
-    s.absorb(ShardWork(ip_events=[("10.0.255.1", "lb/public", T0 - MIN), ("10.0.0.9", "lb/stale", T0 - MIN)]), 0)
+    s.absorb(ShardWork.of(ip_events=[("10.0.255.1", "lb/public", T0 - MIN), ("10.0.0.9", "lb/stale", T0 - MIN)]), 0)
     s.absorb(claims(("10.0.0.9", "web", T0 - MIN, T0 + MIN)), 0)
     s.absorb(lookups(flow(remote_ip="10.0.255.1"), flow(remote_ip="10.0.0.9")), 0)
     answers = {a["remote_ip"]: a for a in s.absorb(clock(T0 + 2 * MIN), 0)}
@@ -157,16 +157,16 @@ def test_end_of_input_answers_every_pending_lookup():
 def test_event_time_is_where_the_slowest_partition_has_got():
     # A backfill reads partition 1 far ahead of partition 0; the lookup must wait for partition 0.
     s = shard(partitions=2, live=True)
-    s.absorb(ShardWork(lookups=[flow()], progress={1: T0 + 10 * MIN}), wall_ms=0)
-    assert s.absorb(ShardWork(progress={0: T0 + 30_000, 1: T0 + 11 * MIN}), wall_ms=1_000) == []
-    work = ShardWork(claims=[("10.0.0.9", "web", T0 - MIN, T0 + MIN)], progress={0: T0 + MIN, 1: T0 + 12 * MIN})
+    s.absorb(ShardWork.of(lookups=[flow()], progress={1: T0 + 10 * MIN}), wall_ms=0)
+    assert s.absorb(ShardWork.of(progress={0: T0 + 30_000, 1: T0 + 11 * MIN}), wall_ms=1_000) == []
+    work = ShardWork.of(claims=[("10.0.0.9", "web", T0 - MIN, T0 + MIN)], progress={0: T0 + MIN, 1: T0 + 12 * MIN})
     [answer] = s.absorb(work, wall_ms=2_000)
     assert answer["remote_workload"] == "web"
 
 
 def test_live_a_silent_partition_stops_holding_event_time_back():
     s = shard(partitions=2, live=True)
-    s.absorb(ShardWork(lookups=[flow()], progress={0: T0}), wall_ms=0)
+    s.absorb(ShardWork.of(lookups=[flow()], progress={0: T0}), wall_ms=0)
     assert s.absorb(clock(T0 + 2 * MIN), wall_ms=1_000) == []  # partition 1 may still speak
     [answer] = s.absorb(clock(T0 + 6 * MIN), wall_ms=6_000)  # it has not, for idle_advance_s
     assert answer["reason"] == "no_owner"
@@ -174,11 +174,11 @@ def test_live_a_silent_partition_stops_holding_event_time_back():
 
 def test_an_answer_from_events_waits_for_a_late_unassignment():
     s = shard(event_settle_s=120)
-    s.absorb(ShardWork(ip_events=[("10.0.255.1", "lb/old", T0 - 10 * MIN)]), 0)
+    s.absorb(ShardWork.of(ip_events=[("10.0.255.1", "lb/old", T0 - 10 * MIN)]), 0)
     s.absorb(lookups(flow(remote_ip="10.0.255.1", start=T0)), 0)
     assert s.absorb(clock(T0 + 90_000), 0) == []  # past the delay, but events may still be late
     # The load balancer was released 5 s before the flow; the event says so 100 s late.
-    s.absorb(ShardWork(ip_events=[("10.0.255.1", None, T0 - 5_000)], progress={0: T0 + 100_000}), 0)
+    s.absorb(ShardWork.of(ip_events=[("10.0.255.1", None, T0 - 5_000)], progress={0: T0 + 100_000}), 0)
     assert s.absorb(clock(T0 + 2 * MIN), 0) == []
     [answer] = s.absorb(clock(T0 + 5 * MIN), 0)
     assert (answer["outcome"], answer["reason"]) == ("unattributed", "no_owner")
@@ -186,7 +186,7 @@ def test_an_answer_from_events_waits_for_a_late_unassignment():
 
 def test_events_settled_answer_without_waiting_for_the_deadline():
     s = shard(event_settle_s=120)
-    s.absorb(ShardWork(ip_events=[("10.0.255.1", "lb/one", T0 - 10 * MIN)]), 0)
+    s.absorb(ShardWork.of(ip_events=[("10.0.255.1", "lb/one", T0 - 10 * MIN)]), 0)
     s.absorb(lookups(flow(remote_ip="10.0.255.1", start=T0)), 0)
     [answer] = s.absorb(clock(T0 + 2 * MIN), 0)
     assert (answer["remote_workload"], answer["source"]) == ("lb/one", "ip_event")

@@ -61,7 +61,7 @@ def test_no_flow_is_attributed_to_a_workload_that_did_not_own_the_address(histor
                 d = heartbeat_delays[n % len(heartbeat_delays)]
                 n += 1
                 if d is not None:
-                    arrivals.append((chunk_end + d, n, ShardWork(claims=[(ip, owner, t, chunk_end)], progress={0: chunk_end})))
+                    arrivals.append((chunk_end + d, n, ShardWork.of(claims=[(ip, owner, t, chunk_end)], progress={0: chunk_end})))
                 t = chunk_end
     truth = {}
     for i, (ip, start, length, d, server_reports) in enumerate(flows):
@@ -71,13 +71,13 @@ def test_no_flow_is_attributed_to_a_workload_that_did_not_own_the_address(histor
         if d is None:
             continue
         n += 1
-        arrivals.append((start + length + d, n, ShardWork(lookups=[flow], progress={0: start + length})))
+        arrivals.append((start + length + d, n, ShardWork.of(lookups=[flow], progress={0: start + length})))
         owner = truth[str(i)]
         if server_reports and owner is not None and owner_at(history[ip], start + length) == owner:
             # The server's own report of the connection, as its exporter captured it.
             key = (ip, 443, "192.0.2.1", 40000 + i)
             n += 1
-            arrivals.append((start + length + d, n, ShardWork(connections=[(key, start, owner)], progress={0: start + length})))
+            arrivals.append((start + length + d, n, ShardWork.of(connections=[(key, start, owner)], progress={0: start + length})))
     shard = Shard(AttributionConfig(delay_s=60, max_wait_s=300, skew_guard_ms=1000))
     answers = []
     for _, _, work in sorted(arrivals, key=lambda a: (a[0], a[1])):

@@ -5,6 +5,7 @@ import sys
 import orjson
 import pytest
 
+from dataflow.attribution import CLAIM, CONNECTION, LOOKUP
 from dataflow.config import ConfigError, load_config
 from dataflow.records import FORWARDED, IP_EVENTS, RAW, Origin
 from dataflow.regions import RegionMap
@@ -37,9 +38,9 @@ def test_a_flow_is_a_heartbeat_at_its_local_address_and_a_lookup_at_its_remote_o
     out = {key: works[0] for key, works in r.route([message(flow("10.0.0.2"))])}
     local = out[r.shard_keys[shard_of("10.0.0.1", 8)]]
     remote = out[r.shard_keys[shard_of("10.0.0.2", 8)]]
-    assert ("10.0.0.1", "web", NOW - 9000, NOW - 8000) in local.claims
-    assert (("10.0.0.1", 40000, "10.0.0.2", 443), NOW - 9000, "web") in local.connections
-    assert [f["flow_id"] for f in remote.lookups] == ["h:10.0.0.2"]
+    assert (CLAIM, "10.0.0.1", "web", NOW - 9000, NOW - 8000) in local.items
+    assert (CONNECTION, ("10.0.0.1", 40000, "10.0.0.2", 443), NOW - 9000, "web") in local.items
+    assert [i[1]["flow_id"] for i in remote.items if i[0] == LOOKUP] == ["h:10.0.0.2"]
 
 
 def test_external_other_region_and_forwarded_flows():
@@ -55,8 +56,8 @@ def test_external_other_region_and_forwarded_flows():
     assert forward.region == "eu-west" and [f["remote_ip"] for f in forward.flows] == ["10.1.0.7"]
     # The forwarded flow's local address belongs to the other region: a lookup here, never a claim.
     works = [w for t, v in out if t not in ("external", "forward", "dead") for w in v]
-    assert all(c[0] != "10.1.0.9" for w in works for c in w.claims)
-    assert sum(len(w.lookups) for w in works) == 1
+    assert all(i[1] != "10.1.0.9" for w in works for i in w.items if i[0] == CLAIM)
+    assert sum(i[0] == LOOKUP for w in works for i in w.items) == 1
     assert tally.snapshot() == {"in.raw": 2, "in.forwarded": 1, "forwarded.eu-west": 1}  # outcomes are counted on the way out
     assert "dead" not in tags
 
@@ -75,7 +76,7 @@ def test_every_record_is_counted_in_and_out():
     assert counts["in.raw"] == 5 and counts["in.ip_events"] == 1
     assert counts["dead.unknown_kind"] == 1 and counts["dead.not_json"] == 1
     assert counts["absorbed.heartbeat"] == 1 and counts["absorbed.ip_event"] == 1 and counts["absorbed.open_flow"] == 1
-    lookups = sum(len(w.lookups) for t, v in out if t not in ("external", "forward", "dead") for w in v)
+    lookups = sum(i[0] == LOOKUP for t, v in out if t not in ("external", "forward", "dead") for w in v for i in w.items)
     assert lookups == 1  # in 6 = 1 lookup + 2 dead + 3 absorbed
 
 
