@@ -81,9 +81,11 @@ class DeadLetter:
 
 
 def decode_message(
-    value: bytes | None, origin: Origin, bounds: TimeBounds
+    value: bytes | None, origin: Origin, bounds: TimeBounds, canonical=None
 ) -> tuple[list[dict[str, Any]], list[DeadLetter]]:
-    """One message (a record or a batch of them) -> its valid records and a dead letter per bad one."""
+    """One message (a record or a batch of them) -> its valid records and a dead letter per bad one.
+    `canonical` stands in for canonical_ip (a caller may remember the addresses it has seen)."""
+    canonical = canonical or canonical_ip
     if not value:
         return [], [DeadLetter("empty_message", "message has no value", value or b"", origin)]
     try:
@@ -92,7 +94,7 @@ def decode_message(
         return [], [DeadLetter("not_json", f"not JSON: {e}", value, origin)]
     if isinstance(parsed, dict):
         try:
-            return [check_record(parsed, origin.role, bounds)], []
+            return [check_record(parsed, origin.role, bounds, canonical)], []
         except BadRecord as e:
             return [], [DeadLetter(e.reason, e.detail, value, origin)]
     if not isinstance(parsed, list):
@@ -101,13 +103,13 @@ def decode_message(
     records, dead = [], []
     for index, element in enumerate(parsed):
         try:
-            records.append(check_record(element, origin.role, bounds))
+            records.append(check_record(element, origin.role, bounds, canonical))
         except BadRecord as e:
             dead.append(DeadLetter(e.reason, e.detail, orjson.dumps(element), origin, index))
     return records, dead
 
 
-def check_record(record: Any, role: str, bounds: TimeBounds) -> dict[str, Any]:
+def check_record(record: Any, role: str, bounds: TimeBounds, canonical=None) -> dict[str, Any]:
     """Validate one record in place (addresses made canonical) and return it."""
     if not isinstance(record, dict):
         raise BadRecord("not_object", f"batch element is {type(record).__name__}, not an object")
@@ -118,14 +120,15 @@ def check_record(record: Any, role: str, bounds: TimeBounds) -> dict[str, Any]:
         raise BadRecord("unknown_kind", f"kind {kind!r} is not flow, heartbeat or ip_event")
     if kind not in KINDS_BY_ROLE[role]:
         raise BadRecord("wrong_topic", f"a {kind} record does not belong on the {role} topic")
+    canonical = canonical or canonical_ip
     if kind == FLOW:
-        return _check_flow(record, bounds)
+        return _check_flow(record, bounds, canonical)
     if kind == HEARTBEAT:
-        return _check_heartbeat(record, bounds)
-    return _check_ip_event(record, bounds)
+        return _check_heartbeat(record, bounds, canonical)
+    return _check_ip_event(record, bounds, canonical)
 
 
-def _check_flow(r: dict[str, Any], bounds: TimeBounds) -> dict[str, Any]:
+def _check_flow(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, Any]:
     """Nearly every flow is valid: one inline test passes those; the rest get the field-by-field
     check below, which names what is wrong."""
     get = r.get
@@ -155,26 +158,26 @@ def _check_flow(r: dict[str, Any], bounds: TimeBounds) -> dict[str, Any]:
         and type(get("local_ip")) is str
         and type(get("remote_ip")) is str
     ):
-        local_ip, local_family = canonical_ip(r["local_ip"], "local_ip")
-        remote_ip, remote_family = canonical_ip(r["remote_ip"], "remote_ip")
+        local_ip, local_family = canonical(r["local_ip"], "local_ip")
+        remote_ip, remote_family = canonical(r["remote_ip"], "remote_ip")
         if local_family != remote_family:
             raise BadRecord("mixed_family", "local_ip and remote_ip are of different families")
         r["local_ip"], r["remote_ip"] = local_ip, remote_ip
         return r
-    return _check_flow_fields(r, bounds)
+    return _check_flow_fields(r, bounds, canonical)
 
 
 _DIRECTIONS = frozenset(("outbound", "inbound"))
 
 
-def _check_flow_fields(r: dict[str, Any], bounds: TimeBounds) -> dict[str, Any]:
+def _check_flow_fields(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, Any]:
     flow_id = _text(r, "flow_id")
     if len(flow_id) > 200:
         raise BadRecord("bad_type", "flow_id is longer than 200 characters")
     _text(r, "exporter")
     _text(r, "region")
-    local_ip, local_family = canonical_ip(_text(r, "local_ip"), "local_ip")
-    remote_ip, remote_family = canonical_ip(_text(r, "remote_ip"), "remote_ip")
+    local_ip, local_family = canonical(_text(r, "local_ip"), "local_ip")
+    remote_ip, remote_family = canonical(_text(r, "remote_ip"), "remote_ip")
     if local_family != remote_family:
         raise BadRecord("mixed_family", "local_ip and remote_ip are of different families")
     r["local_ip"], r["remote_ip"] = local_ip, remote_ip
@@ -198,18 +201,18 @@ def _check_flow_fields(r: dict[str, Any], bounds: TimeBounds) -> dict[str, Any]:
     return r
 
 
-def _check_heartbeat(r: dict[str, Any], bounds: TimeBounds) -> dict[str, Any]:
+def _check_heartbeat(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, Any]:
     _text(r, "exporter")
     _text(r, "region")
     _text(r, "workload")
-    r["ip"], _ = canonical_ip(_text(r, "ip"), "ip")
+    r["ip"], _ = canonical(_text(r, "ip"), "ip")
     _span(r, "start_ms", "end_ms", bounds)
     return r
 
 
-def _check_ip_event(r: dict[str, Any], bounds: TimeBounds) -> dict[str, Any]:
+def _check_ip_event(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, Any]:
     _text(r, "owner")
-    r["ip"], _ = canonical_ip(_text(r, "ip"), "ip")
+    r["ip"], _ = canonical(_text(r, "ip"), "ip")
     if r.get("action") not in ("assigned", "unassigned"):
         raise BadRecord("bad_action", f"action {r.get('action')!r} is not assigned or unassigned")
     _time(r, "time_ms", bounds)
@@ -252,18 +255,16 @@ def _span(r: dict[str, Any], start: str, end: str, bounds: TimeBounds) -> None:
 def canonical_ip(text: str, name: str = "ip") -> tuple[str, int]:
     """The one textual form state is keyed by, and the family; raises BadRecord for a non-address."""
     try:
-        packed = inet_pton(AF_INET, text)
-        family = AF_INET
+        inet_pton(AF_INET, text)
+        return text, AF_INET  # inet_pton takes only the dotted quad without leading zeros: canonical
     except OSError:
         try:
             packed = inet_pton(AF_INET6, text)
-            family = AF_INET6
         except OSError:
             raise BadRecord("bad_ip", f"{name} {text!r} is not an IPv4 or IPv6 address") from None
-    canonical = inet_ntop(family, packed)
-    if family == AF_INET6 and packed[:12] == b"\0" * 10 + b"\xff\xff":
+    if packed[:12] == b"\0" * 10 + b"\xff\xff":
         return inet_ntop(AF_INET, packed[12:]), AF_INET
-    return canonical, family
+    return inet_ntop(AF_INET6, packed), AF_INET6
 
 
 def attributed(

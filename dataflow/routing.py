@@ -24,6 +24,7 @@ from dataflow.records import (
     Origin,
     TimeBounds,
     attributed,
+    canonical_ip,
     decode_message,
 )
 from dataflow.regions import RegionMap
@@ -60,6 +61,9 @@ class Tally:
             return dict(self.counts)
 
 
+REMEMBERED_ADDRESSES = 500_000
+
+
 def shard_of(ip: str, shards: int) -> int:
     # crc32, not hash(): the shard must be the same in every process of the cluster.
     return zlib.crc32(ip.encode()) % shards
@@ -75,6 +79,29 @@ class Router:
         self.max_age_ms = int(config.attribution.max_age_s * 1000)
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.tally = tally
+        # A fleet's flows name the same addresses over and over: remember each one's canonical form,
+        # shard and region rather than parse, hash and look it up in the trie for every record.
+        self.canonical_forms: dict[str, tuple[str, int]] = {}
+        self.places: dict[str, tuple[int, str | None]] = {}
+
+    def canonical(self, text: str, name: str = "ip") -> tuple[str, int]:
+        found = self.canonical_forms.get(text)
+        if found is None:
+            found = canonical_ip(text, name)
+            if len(self.canonical_forms) >= REMEMBERED_ADDRESSES:
+                self.canonical_forms.clear()
+            self.canonical_forms[text] = found
+        return found
+
+    def place(self, ip: str) -> tuple[int, str | None]:
+        """(shard, region) of a canonical address."""
+        found = self.places.get(ip)
+        if found is None:
+            found = (shard_of(ip, self.shards), self.regions.region_of(ip))
+            if len(self.places) >= REMEMBERED_ADDRESSES:
+                self.places.clear()
+            self.places[ip] = found
+        return found
 
     def route(self, messages: Iterable[Message]) -> list[tuple[str, Any]]:
         """Returns (shard key, [ShardWork per message]), ("forward", Forward), ("external", flows),
@@ -95,7 +122,7 @@ class Router:
         for message in messages:
             works: dict[int, ShardWork] = {}
             if message.error is None:
-                records, bad = decode_message(message.value, message.origin, bounds)
+                records, bad = decode_message(message.value, message.origin, bounds, self.canonical)
             else:
                 records, bad = [], [DeadLetter("kafka_error", message.error, message.value or b"", message.origin)]
             role = message.origin.role
@@ -143,7 +170,7 @@ class Router:
         return out
 
     def _work(self, works: dict[int, ShardWork], ip: str) -> ShardWork:
-        i = zlib.crc32(ip.encode()) % self.shards
+        i = self.place(ip)[0]
         work = works.get(i)
         if work is None:
             work = works[i] = ShardWork()
@@ -151,7 +178,7 @@ class Router:
 
     def _route_flow(self, flow, role, works, forwards, external) -> None:
         local_ip, remote_ip = flow["local_ip"], flow["remote_ip"]
-        remote_region = self.regions.region_of(remote_ip)
+        remote_region = self.place(remote_ip)[1]
         workload = flow["local_workload"]
         # A forwarded flow's local address lives in another region: it is a lookup here, not a heartbeat.
         if workload is not None and role != FORWARDED:
