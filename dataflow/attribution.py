@@ -64,6 +64,7 @@ class Shard:
         self.partitions = partitions
         self.progress: dict[int, list[int]] = {}  # partition -> [event ms reached, wall ms it last moved]
         self.first_input_wall_ms: int | None = None
+        self.progress_seen: dict[int, int] | None = None
         self.ranges: dict[str, list] = {}
         self.events: dict[str, list] = {}
         self.connections: dict[ConnectionKey, list[tuple[int, str]]] = {}
@@ -89,6 +90,7 @@ class Shard:
         ranges = self.ranges
         decided: list[Flow] = []
         horizon = self.clock_ms - self.retention_ms
+        looked_up = False
         for item in work.items:
             kind = item[0]
             if kind <= CLAIM:
@@ -107,6 +109,7 @@ class Shard:
                 self.connection_order.append((start, key))
                 ip = key[0]
             elif kind == LOOKUP:
+                looked_up = True
                 flow = item[1]
                 start = flow["start_ms"]
                 if start < horizon:
@@ -123,13 +126,18 @@ class Shard:
                 ownership.assign(events, owner, time_ms)
             if ip in waiting:
                 touched.add(ip)
-        self._advance(work.progress, wall_ms)
+        clock = self.clock_ms
+        if work.progress is not self.progress_seen:
+            # The router makes a new progress dict only when a partition moves; most messages share one.
+            self.progress_seen = work.progress
+            self._advance(work.progress, wall_ms)
         self.last_input_wall_ms = wall_ms
         for ip in touched:
             self._retry(ip, decided)
-        self._decide_due(decided)
-        if self.clock_ms >= self.next_prune_ms:
-            self._prune()
+        if self.clock_ms != clock or looked_up:
+            self._decide_due(decided)
+            if self.clock_ms >= self.next_prune_ms:
+                self._prune()
         return decided
 
     def _advance(self, progress: dict[int, int], wall_ms: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from sys import intern
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -141,15 +142,15 @@ class Router:
                     # An interim report of a connection still open: ownership only, answered when it closes.
                     work = self._work(works, record["local_ip"])
                     if record["local_workload"] is not None:
-                        work.items.insert(
-                            0, (INTERVAL, record["local_ip"], record["local_workload"], record["start_ms"], record["end_ms"])
-                        )
+                        workload = intern(record["local_workload"])
+                        work.items.insert(0, (INTERVAL, record["local_ip"], workload, record["start_ms"], record["end_ms"]))
                     counts["absorbed.open_flow"] += 1
                 elif kind == FLOW:
                     self._route_flow(record, role, works, forwards, external)
                 elif kind == HEARTBEAT:
                     work = self._work(works, record["ip"])
-                    work.items.insert(0, (INTERVAL, record["ip"], record["workload"], record["start_ms"], record["end_ms"]))
+                    workload = intern(record["workload"])
+                    work.items.insert(0, (INTERVAL, record["ip"], workload, record["start_ms"], record["end_ms"]))
                     counts["absorbed.heartbeat"] += 1
                 else:
                     work = self._work(works, record["ip"])
@@ -182,6 +183,8 @@ class Router:
         workload = flow["local_workload"]
         # A forwarded flow's local address lives in another region: it is a lookup here, not a heartbeat.
         if workload is not None and role != FORWARDED:
+            # Every ownership range keeps its workload's name: one shared string, not one per record.
+            workload = intern(workload)
             work = self._work(works, local_ip)
             work.items.append((CLAIM, local_ip, workload, flow["start_ms"], flow["end_ms"]))
             if remote_region is not None:
