@@ -376,7 +376,7 @@ def ceiling(bootstrap: str, records: Records, parse: bool) -> dict[str, Any]:
 
     config = job_config(bootstrap)
     topics = [config.kafka.raw_topic, CEILING_FORWARDED, config.kafka.ip_events_topic]
-    out_topic = f"ceiling{int(parse)}.out"
+    out_topic = f"ceiling{int(parse)}{os.urandom(3).hex()}.out"  # a fresh topic for every run
     create_topics(bootstrap, [out_topic], RAW_PARTITIONS)
     consumer = new_consumer(bootstrap)
     assign_from_beginning(consumer, topics)

@@ -81,6 +81,8 @@ def _run(args, config: Config) -> int:
         config, truth = _embedded(config)
     elif not config.files.input_dir and not config.kafka.brokers:
         raise ConfigError("give --embedded, --input-dir DIR, or --brokers HOST:PORT (or kafka.brokers in the config)")
+    elif config.files.input_dir and not Path(config.files.input_dir).is_dir():
+        raise ConfigError(f"input folder {config.files.input_dir} does not exist")
 
     tally = Tally()
     addresses, process_id = config.cluster_addresses(socket.gethostname())

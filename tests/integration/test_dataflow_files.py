@@ -86,3 +86,15 @@ def test_two_processes_of_two_workers_answer_every_flow_as_one_worker_does(tmp_p
     forwarded = {f["flow_id"] for f in read_outputs(tmp_path / "cluster", "forward.eu-west")}
     assert forwarded == {f["flow_id"] for f in read_outputs(tmp_path / "single", "forward.eu-west")}
     assert not forwarded & set(many)  # a flow goes to exactly one place
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run"], "give --embedded, --input-dir DIR, or --brokers"),
+    (["run", "--input-dir", "/no/such/folder"], "input folder /no/such/folder does not exist"),
+    (["--config", "/no/such.toml", "run", "--embedded"], "cannot read config file /no/such.toml"),
+])
+def test_a_run_that_cannot_start_says_why_in_one_line(args, message):
+    run = subprocess.run([*FLOWATTR, *args], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"flowattr: {message}")
