@@ -148,7 +148,7 @@ def _document(command: str, rows, images, default: sim.Scenario, elapsed: float)
         lines.append("| " + " | ".join(cells) + " |")
     return f"""# Accuracy
 
-Regenerate with `make eval` (about {elapsed / 60:.0f} min on this machine). Command:
+Regenerate with `make eval` ({elapsed:.0f} s on this machine). Command:
 
     {command}
 
