@@ -46,7 +46,9 @@ class AttributionConfig:
     # past the flow's start (at most max_wait_s), so that an unassignment already made has arrived.
     event_settle_s: float = 120.0
     shards: int = 128
-    idle_advance_s: float = 5.0
+    # Without any input for this long, event time follows the wall clock. Longer than a stall of a
+    # busy job (which would otherwise give up lookups early), short next to max_wait_s.
+    idle_advance_s: float = 15.0
     max_future_s: float = 3600.0
     max_age_s: float = 7 * 86400.0
 

@@ -33,7 +33,7 @@ BAD_MESSAGES = [
 ]
 
 
-def write_config(path, bootstrap, prefix, partitions=3, **files):
+def write_config(path, bootstrap, prefix, partitions=3, idle_advance_s=2, **files):
     regions = "\n".join(f"{r} = {orjson.dumps(c).decode()}" for r, c in sim.regions_config().items())
     extra = "".join(f'{k} = "{v}"\n' for k, v in files.items())
     path.write_text(
@@ -43,7 +43,7 @@ def write_config(path, bootstrap, prefix, partitions=3, **files):
         f'dlq_topic = "{prefix}flows.dlq"\nforward_prefix = "{prefix}flows.forward."\n'
         # The fleet reports every 10 s instead of every minute, so the delay and the wait shrink with
         # it and the test's tail stays short; the method is the same.
-        f"[attribution]\ndelay_s = 12\nmax_wait_s = 30\nidle_advance_s = 1\n"
+        f"[attribution]\ndelay_s = 12\nmax_wait_s = 30\nidle_advance_s = {idle_advance_s}\n"
         + (f"[files]\n{extra}" if extra else "")
     )
     return path
@@ -145,8 +145,9 @@ def test_two_processes_of_two_workers_on_kafka_answer_as_one_worker_on_the_recor
     prefix = f"t{uuid.uuid4().hex[:8]}."
     # The answer for a flow whose evidence arrives right at its deadline depends on the order the job
     # reads it in (docs/attribution.md). So that both runs read the same order: one raw partition, and
-    # no side topics, which a replay reads at their own pace.
-    config_path = write_config(tmp_path / "flowattr.toml", kafka_bootstrap, prefix, partitions=1)
+    # no side topics, which a replay reads at their own pace. And live, event time follows the wall
+    # clock after idle_advance_s without input: longer than any stall of a busy test machine.
+    config_path = write_config(tmp_path / "flowattr.toml", kafka_bootstrap, prefix, partitions=1, idle_advance_s=10)
     config, flows_in = load(kafka_bootstrap, config_path, fleet, side_topics=False)
 
     addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
@@ -188,7 +189,8 @@ def test_two_processes_of_two_workers_on_kafka_answer_as_one_worker_on_the_recor
 
 def test_tail_prints_one_record_per_line_whatever_the_framing(kafka_bootstrap):
     topic = f"t{uuid.uuid4().hex[:8]}.flows.attributed"
-    config = load_config(environ={}, overrides={"kafka.brokers": kafka_bootstrap, "kafka.attributed_topic": topic})
+    config = load_config(environ={}, overrides={"kafka.brokers": kafka_bootstrap, "kafka.attributed_topic": topic,
+                                                "kafka.partitions": 1})  # one partition: one order to print
     ensure_topics(config)
     produce(kafka_bootstrap, topic, [orjson.dumps([{"n": 1}, {"n": 2}]), orjson.dumps({"n": 3})])
     tail = subprocess.run([sys.executable, "-m", "dataflow.cli", "tail", topic, "--brokers", kafka_bootstrap],

@@ -59,7 +59,8 @@ def job_config(path: Path, bootstrap: str, prefix: str) -> Path:
         f'ip_events_topic = "{prefix}ip-events"\nattributed_topic = "{prefix}flows.attributed"\n'
         f'dlq_topic = "{prefix}flows.dlq"\nforward_prefix = "{prefix}flows.forward."\n'
         # The agent reports every second instead of every minute: delay and wait shrink with it.
-        "[attribution]\ndelay_s = 3\nmax_wait_s = 8\nidle_advance_s = 1\n"
+        # Event time follows the wall clock only after 3 s without any report (reports come every 1 s).
+        "[attribution]\ndelay_s = 3\nmax_wait_s = 8\nidle_advance_s = 3\n"
     )
     return path
 
