@@ -13,6 +13,7 @@ import pickle
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -28,6 +29,9 @@ from dataflow.records import encode_batch
 from dataflow.routing import Router, Tally
 
 NOT_SHARDS = ("forward", "external", "dead")
+# Bytewax's epoch when none is given. A shard can go a whole epoch or two without a delivery while
+# input flows (the exchange between workers moves by epochs), so "no input" must mean longer than that.
+DEFAULT_EPOCH_S = 10.0
 RECORDS_PER_MESSAGE = 500
 
 
@@ -37,6 +41,9 @@ def from_environment() -> Dataflow:
 
 def build(config: Config, tally: Tally) -> Dataflow:
     file_mode = bool(config.files.input_dir)
+    epoch_s = config.recovery.snapshot_s if config.recovery.dir else DEFAULT_EPOCH_S
+    idle_s = max(config.attribution.idle_advance_s, 2 * epoch_s)
+    config = replace(config, attribution=replace(config.attribution, idle_advance_s=idle_s))
     flow = Dataflow("flowattr")
     collector = StateCollector()
 

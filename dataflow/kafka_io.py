@@ -78,7 +78,8 @@ def sink(config: Config, topic: str | None) -> KafkaSink:
     return KafkaSink(
         config.kafka.brokers.split(","),
         topic,
-        add_config={"linger.ms": "20", "compression.type": "lz4", "batch.size": "1000000"},
+        # Idempotence: a retried batch is neither duplicated nor reordered.
+        add_config={"linger.ms": "20", "compression.type": "lz4", "batch.size": "1000000", "enable.idempotence": "true"},
     )
 
 

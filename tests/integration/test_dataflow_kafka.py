@@ -12,13 +12,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from dataflow import simulate as sim
 from dataflow.config import load_config
 from dataflow.file_io import read_outputs
 from dataflow.kafka_io import ensure_topics
-from kafka_io import read_records
+from kafka_io import produce, read_records
 from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,14 +46,6 @@ def write_config(path, bootstrap, prefix, partitions=3, idle_advance_s=2, **file
         + (f"[files]\n{extra}" if extra else "")
     )
     return path
-
-
-def produce(bootstrap, topic, values, key=None):
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    failures = []
-    for value in values:
-        producer.produce(topic, value, key=key, on_delivery=lambda err, msg: err and failures.append(err))
-    assert producer.flush(30) == 0 and failures == []
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +137,8 @@ def test_two_processes_of_two_workers_on_kafka_answer_as_one_worker_on_the_recor
     # The answer for a flow whose evidence arrives right at its deadline depends on the order the job
     # reads it in (docs/attribution.md). So that both runs read the same order: one raw partition, and
     # no side topics, which a replay reads at their own pace. And live, event time follows the wall
-    # clock after idle_advance_s without input: longer than any stall of a busy test machine.
-    config_path = write_config(tmp_path / "flowattr.toml", kafka_bootstrap, prefix, partitions=1, idle_advance_s=10)
+    # clock after idle_advance_s without input: here longer than any stall of a busy test machine.
+    config_path = write_config(tmp_path / "flowattr.toml", kafka_bootstrap, prefix, partitions=1, idle_advance_s=30)
     config, flows_in = load(kafka_bootstrap, config_path, fleet, side_topics=False)
 
     addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
