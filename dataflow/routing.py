@@ -82,6 +82,7 @@ class Router:
         self.tally = tally
         # A fleet's flows name the same addresses over and over: remember each one's canonical form,
         # shard and region rather than parse, hash and look it up in the trie for every record.
+        self.progress: dict[int, int] = {}  # raw partition -> latest event time read from it
         self.canonical_forms: dict[str, tuple[str, int]] = {}
         self.places: dict[str, tuple[int, str | None]] = {}
 
@@ -119,7 +120,9 @@ class Router:
         external: list[dict[str, Any]] = []
         dead: list[DeadLetter] = []
         counts: Counter[str] = Counter()
-        progress: dict[int, int] = {}
+        # Every partition this worker has read so far, not only those in this batch: a shard that hears
+        # of a partition only now and then would take its stale position for the slowest.
+        progress = self.progress
         for message in messages:
             works: dict[int, ShardWork] = {}
             if message.error is None:
@@ -160,6 +163,7 @@ class Router:
             for i, work in works.items():
                 work.progress = progress
                 by_shard.setdefault(i, []).append(work)
+        self.progress = progress
         out: list[tuple[str, Any]] = [(self.shard_keys[i], w) for i, w in by_shard.items()]
         for region, flows in forwards.items():
             counts[f"forwarded.{region}"] += len(flows)
