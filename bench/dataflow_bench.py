@@ -835,7 +835,9 @@ def _verdict(value: float | None, target: float, higher_is_better: bool, unit: s
 def render(command: str, info: dict[str, str], records: Records, r: dict[str, Any], elapsed: float) -> str:
     s = records.scenario
     one = r.get("kafka, 1 process x 1 worker", {})
-    per_core = one.get("steady_flows_per_cpu_s")
+    # Every flow over every CPU second the job used: the steady window can flatter the job when answers
+    # leave in bursts (the CPU was spent before the window), the whole run cannot.
+    per_core = one["flows"] / one["cpu_s"] if one.get("cpu_s") else None
     lat = r.get("latency", {})
     attributed_p99 = lat.get("by_outcome", {}).get("attributed", (0, None, None))[2]
     memories = [(name, x) for name, x in r.items() if name.startswith("memory") and x.get("ranges")]
@@ -942,7 +944,7 @@ before; *peak RSS*: the whole process, input buffers included.
 
 | target | result |
 |---|---|
-| >= {TARGET_PER_CORE:,} flows/s per worker core end to end (1 process, steady) | {_verdict(per_core, TARGET_PER_CORE, True, "flows/s per core")} |
+| >= {TARGET_PER_CORE:,} flows/s per worker core end to end (1 process, all flows / all CPU s of the job) | {_verdict(per_core, TARGET_PER_CORE, True, "flows/s per core")} |
 | latency p99 within {TARGET_P99_S:g} s of the configured delay (attributed answers) | {_verdict(attributed_p99, TARGET_P99_S, False, "s")} |
 | latency p99 within {TARGET_P99_S:g} s of the configured delay (all answers, no_owner included) | {_verdict(lat.get('p99'), TARGET_P99_S, False, "s")} |
 | <= {TARGET_RANGE_BYTES} bytes per tracked ownership range (worst size, 1 range per address) | {_verdict(worst_range, TARGET_RANGE_BYTES, False, "bytes")} |
