@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 from dataflow.config import ExporterConfig
+from exporter.holdings import Pair
 from exporter.ipman import WorkloadMaps
 from exporter.report import ClosedConnection, OpenConnection, address
 
@@ -22,7 +23,7 @@ TRACEPOINTS = (
     "tcp/tcp_destroy_sock",
 )
 # struct flow_event in bpf/flowtrace.c
-FLOW_EVENT = struct.Struct("=QQQQQIHH16s16sB7x16s64s")
+FLOW_EVENT = struct.Struct("=QQQQQIHH16s16sB3xHH16s64s")
 COUNTER_NAMES = ("lost_events", "connections_full")
 # Capability bits (linux/capability.h)
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
@@ -113,12 +114,13 @@ class Capture:
         for _sk, conn in self._bpf["connections"].items_lookup_batch():
             if conn.start_ns and not conn.end_ns:
                 workload = bytes(conn.workload.name).split(b"\0", 1)[0].decode(errors="replace")
-                found.append(OpenConnection(address(bytes(conn.laddr)), conn.start_ns, workload))
+                ports = (conn.ports_lo, conn.ports_hi) if conn.ports_lo else None
+                found.append(OpenConnection(address(bytes(conn.laddr)), conn.start_ns, workload, ports))
         return found
 
-    def registrations(self) -> set[tuple[str, str]]:
-        """(ip, workload) for every entry of both workload maps; a shared address once per workload."""
-        return {(r.ip, r.workload) for r in self._maps.registrations()}
+    def registrations(self) -> set[Pair]:
+        """(ip, workload, ports) for every registration of both workload maps."""
+        return {(r.ip, r.workload, r.ports) for r in self._maps.registrations()}
 
     def counters(self) -> dict[str, int]:
         table = self._bpf["counters"]
@@ -130,8 +132,8 @@ class Capture:
 
 
 def _closed_connection(raw: bytes) -> ClosedConnection:
-    (start, end, sent, received, cookie, pid, lport, rport, laddr, raddr, direction, comm,
-     workload) = FLOW_EVENT.unpack_from(raw)
+    (start, end, sent, received, cookie, pid, lport, rport, laddr, raddr, direction, ports_lo,
+     ports_hi, comm, workload) = FLOW_EVENT.unpack_from(raw)
     return ClosedConnection(
         start_ns=start,
         end_ns=end,
@@ -146,6 +148,7 @@ def _closed_connection(raw: bytes) -> ClosedConnection:
         direction=direction,
         comm=comm.split(b"\0", 1)[0].decode(errors="replace"),
         workload=workload.split(b"\0", 1)[0].decode(errors="replace"),
+        ports=(ports_lo, ports_hi) if ports_lo else None,
     )
 
 

@@ -8,8 +8,9 @@ import socket
 import time
 from dataclasses import dataclass
 
-from exporter.holdings import Span
+from exporter.holdings import Ports, Span
 
+VERSION = 2  # docs/records.md: v2 adds port-range claims
 OUTBOUND, INBOUND = 1, 2
 _DIRECTIONS = {OUTBOUND: "outbound", INBOUND: "inbound"}
 _V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
@@ -32,6 +33,7 @@ class ClosedConnection:
     direction: int
     comm: str
     workload: str  # "" when the workload maps had no entry
+    ports: Ports | None = None  # the port range of the (IPv4, ports) entry that named the workload
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class OpenConnection:
     local_ip: str
     start_ns: int
     workload: str
+    ports: Ports | None = None
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,9 @@ class Reporter:
         return (monotonic_ns + self.realtime_offset_ns) // 1_000_000
 
     def flow(self, conn: ClosedConnection, host_identity: str | None) -> dict:
+        """host_identity: the host's identity when conn's local address is the host's own, else None."""
         record = {
-            "v": 1,
+            "v": VERSION,
             "kind": "flow",
             # The socket cookie is unique per boot, so this id survives replays and agent restarts.
             "flow_id": f"{self.exporter}:{self.boot_id}:{conn.cookie}",
@@ -73,6 +77,8 @@ class Reporter:
             "bytes_received": conn.bytes_received,
             "local_workload": conn.workload or host_identity,
         }
+        if conn.workload and conn.ports:
+            record["local_ports"] = list(conn.ports)
         if conn.pid:
             record["pid"] = conn.pid
             record["comm"] = conn.comm
@@ -83,29 +89,34 @@ class Reporter:
         open_connections: list[OpenConnection],
         held: list[Span],
         host_identity: str | None,
+        host_addresses: set[str],
         now_ns: int,
     ) -> list[dict]:
-        """One per (local address, workload) and span: the spans the maps (or the identity's
+        """One per (local address, workload, ports) and span: the spans the maps (or the identity's
         addresses) were held in this interval, and, for pairs with connections open, from the oldest
-        open connection's start to now; both for one pair make one heartbeat from the earlier start."""
-        oldest: dict[tuple[str, str], int] = {}
+        open connection's start to now; both for one pair make one heartbeat from the earlier start.
+        The host identity covers open connections only on host_addresses."""
+        oldest: dict[tuple[str, str, Ports | None], int] = {}
         for conn in open_connections:
-            workload = conn.workload or host_identity
-            if not workload:
+            if conn.workload:
+                key = (conn.local_ip, conn.workload, conn.ports)
+            elif host_identity and conn.local_ip in host_addresses:
+                key = (conn.local_ip, host_identity, None)
+            else:
                 continue
-            key = (conn.local_ip, workload)
             oldest[key] = min(oldest.get(key, conn.start_ns), conn.start_ns)
         spans = []
         for span in held:
-            key = (span.ip, span.workload)
+            key = (span.ip, span.workload, span.ports)
             if span.end_ns == now_ns and key in oldest:
-                spans.append((span.ip, span.workload, min(span.start_ns, oldest.pop(key)), now_ns))
+                spans.append((*key, min(span.start_ns, oldest.pop(key)), now_ns))
             else:
-                spans.append((span.ip, span.workload, span.start_ns, span.end_ns))
-        spans += [(ip, workload, start_ns, now_ns) for (ip, workload), start_ns in oldest.items()]
-        return [
-            {
-                "v": 1,
+                spans.append((*key, span.start_ns, span.end_ns))
+        spans += [(*key, start_ns, now_ns) for key, start_ns in oldest.items()]
+        records = []
+        for ip, workload, ports, start_ns, end_ns in sorted(spans, key=lambda s: (s[0], s[2] or (0, 0), s[1], s[3])):
+            record = {
+                "v": VERSION,
                 "kind": "heartbeat",
                 "exporter": self.exporter,
                 "region": self.region,
@@ -114,8 +125,10 @@ class Reporter:
                 "start_ms": self.epoch_ms(start_ns),
                 "end_ms": self.epoch_ms(max(end_ns, start_ns)),
             }
-            for ip, workload, start_ns, end_ns in sorted(spans)
-        ]
+            if ports:
+                record["ports"] = list(ports)
+            records.append(record)
+        return records
 
 
 def reporter_for(exporter: str, region: str) -> Reporter:
