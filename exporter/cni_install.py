@@ -113,16 +113,18 @@ def _rewrite(path: Path, conflist: dict) -> None:
     os.replace(temporary, path)
 
 
-def reconcile(cache_dir: Path, state_dir: Path, pin_dir: str, resolve) -> dict[str, int]:
+def reconcile(cache_dir: Path, state_dir: Path, pin_dir: str, resolve, networks: set[str] | None = None) -> dict[str, int]:
     """Brings the maps in line with the runtime's CNI result cache (one file per live attachment,
     removed by the runtime at DEL): attachments of ours without a cache entry (a DEL never reached
     us) lose their entries; pods with a cache entry but no entry of ours (set up before flowattr was
-    installed, or while it failed) get one. resolve(namespace, name, uid) -> workload."""
+    installed, or while it failed) get one. resolve(namespace, name, uid) -> workload. networks: only
+    these CNI networks (default: every network on the node)."""
     live = {}
     for path in sorted((cache_dir / "results").glob("*")):
         try:
             cached = json.loads(path.read_text())
-            live[(cached["networkName"], cached["containerId"], cached["ifName"])] = cached
+            if networks is None or cached["networkName"] in networks:
+                live[(cached["networkName"], cached["containerId"], cached["ifName"])] = cached
         except (ValueError, KeyError, OSError):
             continue  # not a libcni cache entry
     tally = {"kept": 0, "removed": 0, "added": 0}
@@ -131,6 +133,8 @@ def reconcile(cache_dir: Path, state_dir: Path, pin_dir: str, resolve) -> dict[s
         ours = {}
         for attachment in state.attachments():
             key = (attachment.network, attachment.container_id, attachment.ifname)
+            if networks is not None and attachment.network not in networks:
+                continue
             gone = attachment.netns and Path(attachment.netns).parent.is_dir() and not Path(attachment.netns).exists()
             if key not in live or gone:
                 state.forget(attachment, maps)
@@ -181,6 +185,7 @@ def main(argv: list[str]) -> int:
     rec = commands.add_parser("reconcile", help="bring the maps in line with the pods on this node")
     rec.add_argument("--cache-dir", default="/var/lib/cni", help="the runtime's CNI cache (results/)")
     rec.add_argument("--in-cluster", action="store_true", help="resolve owners with the pod's service account")
+    rec.add_argument("--network", action="append", help="only this CNI network (repeatable; default: all)")
     _plugin_settings(rec)
     args = parser.parse_args(argv)
     try:
@@ -207,7 +212,8 @@ def main(argv: list[str]) -> int:
             print(f"flowattr-cni: unchained from {args.cni_conf_dir}, removed from {args.cni_bin_dir}")
         else:
             resolve = _resolver(args.kubeconfig, args.in_cluster, args.api_timeout_s)
-            tally = reconcile(Path(args.cache_dir), Path(args.state_dir), args.pin_dir, resolve)
+            networks = set(args.network) if args.network else None
+            tally = reconcile(Path(args.cache_dir), Path(args.state_dir), args.pin_dir, resolve, networks)
             print("flowattr-cni: reconciled; " + " ".join(f"{k}={v}" for k, v in tally.items()))
     except (InstallError, OSError, ValueError, KeyError) as e:
         print(f"flowattr-cni: {e}", file=sys.stderr)
