@@ -164,7 +164,7 @@ def _resolver(kubeconfig: str | None, in_cluster: bool, timeout_s: float):
     return lambda namespace, name, uid: owners.workload(namespace, name, uid)[0]
 
 
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowattr-cni", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     inst = commands.add_parser("install", help="copy the plugin to the CNI bin folder and chain it")
@@ -187,7 +187,12 @@ def main(argv: list[str]) -> int:
     rec.add_argument("--in-cluster", action="store_true", help="resolve owners with the pod's service account")
     rec.add_argument("--network", action="append", help="only this CNI network (repeatable; default: all)")
     _plugin_settings(rec)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    commands = parser()
+    args = commands.parse_args(argv)
     try:
         if args.command == "install":
             if args.runtime_dir:
@@ -197,7 +202,7 @@ def main(argv: list[str]) -> int:
             elif args.exec_command:
                 command = args.exec_command
             else:
-                parser.error("install needs --runtime-dir or --exec")
+                commands.error("install needs --runtime-dir or --exec")
             entry = {"type": PLUGIN_TYPE, "exec": command, "pinDir": args.pin_dir,
                      "stateDir": args.state_dir, "apiTimeoutS": args.api_timeout_s}
             if args.write_kubeconfig:
