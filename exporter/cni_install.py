@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -174,7 +175,8 @@ def parser() -> argparse.ArgumentParser:
     inst.add_argument("--runtime-dir", help="copy this image's Python here (a host path as the host sees it "
                       "is given with --host-runtime-dir) and let the plugin run it")
     inst.add_argument("--host-runtime-dir", help="where --runtime-dir is on the host")
-    inst.add_argument("--exec", nargs="+", dest="exec_command", help="or: the command that runs exporter.cni on the host")
+    inst.add_argument("--exec", dest="exec_command",
+                      help="or: the command that runs exporter.cni on the host (split like a shell would)")
     inst.add_argument("--write-kubeconfig", metavar="DIR", help="write a kubeconfig from this pod's service "
                       "account into DIR (on the host: --host-kubeconfig-dir) for the plugin")
     inst.add_argument("--host-kubeconfig-dir", help="where --write-kubeconfig's DIR is on the host")
@@ -200,7 +202,7 @@ def main(argv: list[str]) -> int:
                 if args.host_runtime_dir:
                     command = [c.replace(args.runtime_dir, args.host_runtime_dir) for c in command]
             elif args.exec_command:
-                command = args.exec_command
+                command = shlex.split(args.exec_command)
             else:
                 commands.error("install needs --runtime-dir or --exec")
             entry = {"type": PLUGIN_TYPE, "exec": command, "pinDir": args.pin_dir,

@@ -37,22 +37,31 @@ class Network:
         base = f"10.{200 + octet % 50}.{(octet >> 6) % 256}"
         self.subnet, self.first, self.last = f"{base}.0/29", f"{base}.2", f"{base}.3"
         self.namespaces: list[str] = []
+        self.bin_dir = tmp_path / "cni-bin"  # the node's CNI bin folder: flowattr-cni is installed here
+        self.bin_dir.mkdir()
+        plugins = [{
+            "type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": False,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet, "rangeStart": self.first,
+                                                         "rangeEnd": self.last}]],
+                     "dataDir": str(tmp_path / "ipam")},
+        }]
+        self.original = {"cniVersion": "1.1.0", "name": self.name, "plugins": plugins}
         self.conf_dirs = {}
         for chained in (True, False):
             conf_dir = tmp_path / ("net.d" if chained else "net.d-plain")
             conf_dir.mkdir()
-            plugins = [{
-                "type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": False,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet, "rangeStart": self.first,
-                                                             "rangeEnd": self.last}]],
-                         "dataDir": str(tmp_path / "ipam")},
-            }]
-            if chained:
-                plugins.append({"type": "flowattr-cni", "exec": [sys.executable, "-m", "exporter.cni"],
-                                "pinDir": str(pin), "stateDir": str(self.state_dir)})
-            conflist = {"cniVersion": "1.1.0", "name": self.name, "plugins": plugins}
-            (conf_dir / f"10-{self.name}.conflist").write_text(json.dumps(conflist))
+            (conf_dir / f"10-{self.name}.conflist").write_text(json.dumps(self.original))
             self.conf_dirs[chained] = conf_dir
+        # Chained as the DaemonSet's init container does it, with this checkout's interpreter.
+        self.admin("install", "--shim", str(CNI_BIN / "flowattr-cni"), "--cni-bin-dir", str(self.bin_dir),
+                   "--cni-conf-dir", str(self.conf_dirs[True]), "--pin-dir", str(pin),
+                   "--state-dir", str(self.state_dir), "--exec", f"{sys.executable} -m exporter.cni")
+
+    def admin(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "exporter.cni", *args], capture_output=True, text=True,
+                              timeout=60, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
     def namespace(self, label: str) -> str:
         ns = f"{self.name}-{label}"
@@ -61,8 +70,8 @@ class Network:
         return ns
 
     def cnitool(self, command: str, ns: str, pod: str | None = None, chained: bool = True) -> subprocess.CompletedProcess:
-        env = dict(os.environ, NETCONFPATH=str(self.conf_dirs[chained]), CNI_PATH=str(CNI_BIN),
-                   PYTHONPATH=str(REPO))
+        env = dict(os.environ, NETCONFPATH=str(self.conf_dirs[chained]),
+                   CNI_PATH=f"{self.bin_dir}:{CNI_BIN}", PYTHONPATH=str(REPO))
         if pod:
             namespace, name = pod.split("/")
             env["CNI_ARGS"] = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uuid.uuid4()}"
@@ -228,4 +237,22 @@ def test_reconcile_names_pods_set_up_before_install_and_removes_entries_whose_de
     assert network.registrations() == {before_ip: "shop/pod/legacy-0"}
     # Now it is the plugin's own: its DEL removes it.
     assert network.cnitool("del", before).returncode == 0
+    assert network.registrations() == {}
+
+
+def test_install_chains_flowattr_last_and_uninstall_restores_the_nodes_config(network):
+    conflist = network.conf_dirs[True] / f"10-{network.name}.conflist"
+    chained = json.loads(conflist.read_text())
+    assert [p["type"] for p in chained["plugins"]] == ["bridge", "flowattr-cni"]
+    assert os.access(network.bin_dir / "flowattr-cni", os.X_OK)
+    pod = network.namespace("p1")
+    ip = network.add(pod, "shop/cart-1")
+    assert network.registrations() == {ip: "shop/pod/cart-1"}
+    assert network.cnitool("del", pod).returncode == 0
+
+    network.admin("uninstall", "--cni-bin-dir", str(network.bin_dir), "--cni-conf-dir", str(network.conf_dirs[True]))
+    assert json.loads(conflist.read_text()) == network.original
+    assert not (network.bin_dir / "flowattr-cni").exists()
+    # Pods still start once it is gone, and nothing is registered for them.
+    network.add(network.namespace("p2"), "shop/cart-2")
     assert network.registrations() == {}
