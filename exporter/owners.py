@@ -65,21 +65,21 @@ class KubernetesOwners:
     def __init__(self, kubeconfig: str | None, timeout_s: float):
         from kubernetes import client, config
 
+        configuration = client.Configuration()
         if kubeconfig:
-            api = config.new_client_from_config(config_file=kubeconfig)
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         else:
-            configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            api = client.ApiClient(configuration)
-        self._core = client.CoreV1Api(api)
-        self._apps = client.AppsV1Api(api)
+        # One try per call: urllib3's default retries with backoff would spend seconds of a pod's
+        # set-up on an API server that is away.
+        configuration.retries = False
+        self._api = client.ApiClient(configuration)
         self._timeout = (timeout_s, timeout_s)  # connect, read
-        self._api_exception = client.ApiException
 
     def workload(self, namespace: str, name: str, uid: str | None) -> tuple[str, str]:
         """(workload, how): how is "api", or why the pod's own name was used."""
         try:
-            pod = self._read(self._core.read_namespaced_pod, namespace, name)
+            pod = self._read("/api/v1/namespaces/{namespace}/pods/{name}", namespace, name)
         except Exception as e:  # any failure of the API call: the never-wrong name
             return pod_name(namespace, name), f"fallback: {type(e).__name__}: {e}"[:200]
         if uid and pod["metadata"].get("uid") != uid:
@@ -89,11 +89,20 @@ class KubernetesOwners:
 
     def _replica_set(self, namespace: str, name: str) -> dict | None:
         try:
-            return self._read(self._apps.read_namespaced_replica_set, namespace, name)
+            return self._read("/apis/apps/v1/namespaces/{namespace}/replicasets/{name}", namespace, name)
         except Exception:  # unreadable: the ReplicaSet's own name is still right
             return None
 
-    def _read(self, call, namespace: str, name: str) -> dict:
-        # Raw JSON, the same shape as `kubectl get -o json`, instead of the client's model objects.
-        response = call(name, namespace, _request_timeout=self._timeout, _preload_content=False)
-        return orjson.loads(response.data)
+    def _read(self, path: str, namespace: str, name: str) -> dict:
+        # The client's generic call rather than CoreV1Api/AppsV1Api: importing those generated
+        # modules alone takes over a second, on every pod's set-up. Raw JSON, the shape of
+        # `kubectl get -o json`, instead of the client's model objects.
+        request = self._api.param_serialize(
+            "GET", path, path_params={"namespace": namespace, "name": name},
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(*request, _request_timeout=self._timeout)
+        body = response.read()
+        if response.status != 200:
+            raise LookupError(f"GET {path.format(namespace=namespace, name=name)}: HTTP {response.status}")
+        return orjson.loads(body)
