@@ -58,9 +58,10 @@ $(CNI_BIN)/flowattr-cni: exporter/cnishim/main.go exporter/cnishim/go.mod
 eval: $(STAMP)
 	$(BIN)/python -m bench.accuracy
 
-bench: $(STAMP) kafka-jars ebpf-deps
+bench: $(STAMP) kafka-jars ebpf-deps cni-plugins
 	$(BIN)/python -m bench.dataflow_bench
 	$(BIN)/python bench/exporter_bench.py
+	$(BIN)/python bench/cni_bench.py
 
 k8s-render: $(STAMP)
 	@mkdir -p out/k8s
