@@ -277,7 +277,12 @@ def check(conf: dict, env: dict[str, str]) -> None:
 def gc(conf: dict) -> None:
     """Removes the entries of every attachment of this network the runtime no longer knows."""
     settings = Settings.from_conf(conf)
-    valid = {(a.get("containerID"), a.get("ifname")) for a in conf.get("cni.dev/valid-attachments") or []}
+    # "cni.dev/attachments" is the name an early 1.1 text used. Without either, the runtime names no
+    # attachment as valid or invalid: nothing to judge (libcni sends DELs for what it forgot anyway).
+    listed = conf.get("cni.dev/valid-attachments", conf.get("cni.dev/attachments"))
+    if listed is None:
+        return
+    valid = {(a.get("containerID"), a.get("ifname")) for a in listed}
     state = State(settings.state_dir)
     with state.locked(), WorkloadMaps(settings.pin_dir, create=True) as maps:
         for attachment in state.attachments():

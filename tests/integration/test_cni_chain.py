@@ -186,34 +186,46 @@ def test_check_fails_when_the_entry_is_gone_and_gc_removes_attachments_the_runti
     with WorkloadMaps(network.pin_dir, create=False) as maps:
         maps.add(ip, "shop/pod/cart-1")
     assert network.cnitool("check", pod, "shop/cart-1").returncode == 0
-    # cnitool gc names no valid attachment: every attachment of this network is forgotten.
+    # cnitool gc: libcni DELs every cached attachment of the network, then asks each plugin to GC.
     assert network.cnitool("gc", pod).returncode == 0
     assert network.registrations() == {}
     assert list((network.state_dir / "attachments").iterdir()) == []
 
 
+def request(network: Network, command: str, container: str, pod: str, address: str = "10.199.0.9", **extra) -> int:
+    """One request straight to the plugin (as the shim hands it over), for orders cnitool cannot make."""
+    from exporter.cni import plugin
+
+    conf = {"cniVersion": "1.1.0", "name": network.name, "pinDir": str(network.pin_dir),
+            "stateDir": str(network.state_dir), **extra,
+            "prevResult": {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+                           "ips": [{"interface": 0, "address": f"{address}/24"}]}}
+    namespace, name = pod.split("/")
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_IFNAME": "eth0",
+           "CNI_ARGS": f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"}
+    return plugin(json.dumps(conf), env)[0]
+
+
+def test_gc_removes_the_entries_of_attachments_the_runtime_does_not_list(network):
+    assert request(network, "ADD", "kept", "shop/a-1", "10.199.0.9") == 0
+    assert request(network, "ADD", "forgotten", "shop/b-1", "10.199.0.10") == 0
+    assert request(network, "GC", "", "x/y") == 0  # no attachment list: nothing judged
+    assert len(network.registrations()) == 2
+    valid = [{"containerID": "kept", "ifname": "eth0"}]
+    assert request(network, "GC", "", "x/y", **{"cni.dev/valid-attachments": valid}) == 0
+    assert network.registrations() == {"10.199.0.9": "shop/pod/a-1"}
+
+
 def test_a_late_del_of_an_addresses_old_pod_leaves_the_new_pods_entry(network):
     """Two attachments that got the same address (the old pod's DEL comes after the new pod's ADD):
     the old DEL removes nothing that is not its own."""
-    from exporter.cni import plugin
-
-    def request(command: str, container: str, pod: str) -> int:
-        conf = {"cniVersion": "1.1.0", "name": network.name, "pinDir": str(network.pin_dir),
-                "stateDir": str(network.state_dir),
-                "prevResult": {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
-                               "ips": [{"interface": 0, "address": "10.199.0.9/24"}]}}
-        namespace, name = pod.split("/")
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_IFNAME": "eth0",
-               "CNI_ARGS": f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"}
-        return plugin(json.dumps(conf), env)[0]
-
-    assert request("ADD", "old", "shop/a-1") == 0
-    assert request("ADD", "new", "shop/b-1") == 0
+    assert request(network, "ADD", "old", "shop/a-1") == 0
+    assert request(network, "ADD", "new", "shop/b-1") == 0
     assert network.registrations() == {"10.199.0.9": "shop/pod/b-1"}
-    assert request("DEL", "old", "shop/a-1") == 0
+    assert request(network, "DEL", "old", "shop/a-1") == 0
     assert network.registrations() == {"10.199.0.9": "shop/pod/b-1"}
-    assert request("CHECK", "new", "shop/b-1") == 0
-    assert request("DEL", "new", "shop/b-1") == 0
+    assert request(network, "CHECK", "new", "shop/b-1") == 0
+    assert request(network, "DEL", "new", "shop/b-1") == 0
     assert network.registrations() == {}
 
 
