@@ -3,7 +3,8 @@
 // kernel, so struct layouts would be wrong while tracepoint layouts come from tracefs.
 //
 // Built by exporter/capture.py with -DMAX_CONNECTIONS, -DMAX_WORKLOADS, -DRINGBUF_PAGES and
-// optionally -DCAPTURE_LOOPBACK.
+// optionally -DCAPTURE_LOOPBACK, and -DSOCK_NET_OFFSET/-DNET_INUM_OFFSET when the running kernel's
+// BTF gives them (exporter/kernel_layout.py).
 
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
@@ -55,10 +56,11 @@ struct conn {
     u16 rport;
     u8 laddr[16];
     u8 raddr[16];
-    u8 direction;
-    u8 pad[3];
+    u32 netns;    // the socket's network namespace (inode number), 0 when not known
     u16 ports_lo; // the claimed port range when an (IPv4, ports) entry named the workload, else 0
     u16 ports_hi;
+    u8 direction;
+    u8 pad[7];
     char comm[16];
     struct workload workload;
 };
@@ -74,10 +76,11 @@ struct flow_event {
     u16 rport;
     u8 laddr[16];
     u8 raddr[16];
-    u8 direction;
-    u8 pad[3];
+    u32 netns;    // the socket's network namespace (inode number), 0 when not known
     u16 ports_lo; // the claimed port range when an (IPv4, ports) entry named the workload, else 0
     u16 ports_hi;
+    u8 direction;
+    u8 pad[7];
     char comm[16];
     struct workload workload;
 };
@@ -189,6 +192,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         c->rport = args->dport;
         __builtin_memcpy(c->laddr, laddr, 16);
         __builtin_memcpy(c->raddr, raddr, 16);
+#ifdef SOCK_NET_OFFSET
+        // The one exception to "tracepoint arguments only": the socket's network namespace, which
+        // no tracepoint gives, at offsets from the running kernel's own BTF, not from headers. The
+        // host identity names only sockets of the host's namespace; a wrong read names nobody.
+        u64 net = 0;
+        if (bpf_probe_read_kernel(&net, sizeof(net), (void *)(sk + SOCK_NET_OFFSET)) == 0 && net)
+            bpf_probe_read_kernel(&c->netns, sizeof(c->netns), (void *)(net + NET_INUM_OFFSET));
+#endif
         find_workload(c);
         return 0;
     }
@@ -230,6 +241,7 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
             __builtin_memcpy(e->laddr, c->laddr, 16);
             __builtin_memcpy(e->raddr, c->raddr, 16);
             e->direction = c->direction;
+            e->netns = c->netns;
             e->ports_lo = c->ports_lo;
             e->ports_hi = c->ports_hi;
             __builtin_memcpy(e->comm, c->comm, sizeof(e->comm));

@@ -34,6 +34,7 @@ class ClosedConnection:
     comm: str
     workload: str  # "" when the workload maps had no entry
     ports: Ports | None = None  # the port range of the (IPv4, ports) entry that named the workload
+    netns: int = 0  # the socket's network namespace inode, 0 when the kernel side cannot tell
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,25 @@ class OpenConnection:
     start_ns: int
     workload: str
     ports: Ports | None = None
+    netns: int = 0
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the host identity may name: a socket in the host's network namespace on one of the
+    host's own addresses that no map entry names (not even for some ports). Anything else without
+    an entry (a pod's socket, another namespace) is nobody's."""
+
+    identity: str | None
+    addresses: frozenset[str] = frozenset()
+    netns: int | None = None  # the host namespace's inode; None: the kernel side cannot tell
+
+    def names(self, local_ip: str, netns: int) -> str | None:
+        if not self.identity or local_ip not in self.addresses:
+            return None
+        if self.netns is not None and netns != self.netns:
+            return None
+        return self.identity
 
 
 @dataclass(frozen=True)
@@ -57,8 +77,7 @@ class Reporter:
     def epoch_ms(self, monotonic_ns: int) -> int:
         return (monotonic_ns + self.realtime_offset_ns) // 1_000_000
 
-    def flow(self, conn: ClosedConnection, host_identity: str | None) -> dict:
-        """host_identity: the host's identity when conn's local address is the host's own, else None."""
+    def flow(self, conn: ClosedConnection, host: Host) -> dict:
         record = {
             "v": VERSION,
             "kind": "flow",
@@ -75,7 +94,7 @@ class Reporter:
             "end_ms": self.epoch_ms(max(conn.end_ns, conn.start_ns)),
             "bytes_sent": conn.bytes_sent,
             "bytes_received": conn.bytes_received,
-            "local_workload": conn.workload or host_identity,
+            "local_workload": conn.workload or host.names(conn.local_ip, conn.netns),
         }
         if conn.workload and conn.ports:
             record["local_ports"] = list(conn.ports)
@@ -88,20 +107,19 @@ class Reporter:
         self,
         open_connections: list[OpenConnection],
         held: list[Span],
-        host_identity: str | None,
-        host_addresses: set[str],
+        host: Host,
         now_ns: int,
     ) -> list[dict]:
         """One per (local address, workload, ports) and span: the spans the maps (or the identity's
         addresses) were held in this interval, and, for pairs with connections open, from the oldest
         open connection's start to now; both for one pair make one heartbeat from the earlier start.
-        The host identity covers open connections only on host_addresses."""
+        Open connections without an entry count for the host identity only where it names them."""
         oldest: dict[tuple[str, str, Ports | None], int] = {}
         for conn in open_connections:
             if conn.workload:
                 key = (conn.local_ip, conn.workload, conn.ports)
-            elif host_identity and conn.local_ip in host_addresses:
-                key = (conn.local_ip, host_identity, None)
+            elif identity := host.names(conn.local_ip, conn.netns):
+                key = (conn.local_ip, identity, None)
             else:
                 continue
             oldest[key] = min(oldest.get(key, conn.start_ns), conn.start_ns)

@@ -374,6 +374,11 @@ def test_the_host_identity_names_only_the_host_namespaces_own_addresses(hosts, h
         server = serve(hosts["b"], B4, 7101, 1, 32)
         connect(hosts["a"], B4, 7101, 16, A4)
         server.communicate(timeout=60)
+        # The host's own address configured inside the pod's namespace too: still not the host.
+        sh("ip", "-n", hosts["a"], "addr", "add", f"{host}/32", "dev", "lo")
+        server = serve(hosts["a"], host, 7102, 1, 8)
+        same_address = connect(hosts["a"], host, 7102, 4, host)
+        server.communicate(timeout=60)
         time.sleep(1.0)
     finally:
         assert agent.stop() == 0
@@ -382,6 +387,8 @@ def test_the_host_identity_names_only_the_host_namespaces_own_addresses(hosts, h
     assert sorted(seen(r)[:-1] for r in flows if r["local_ip"] in (host, pod)) == sorted([
         (pod, report["local_port"], host, 7100, "outbound", 128, 64, None),
         (host, 7100, pod, report["local_port"], "inbound", 64, 128, HOST_IDENTITY),
+        (host, same_address["local_port"], host, 7102, "outbound", 4, 8, None),
+        (host, 7102, host, same_address["local_port"], "inbound", 8, 4, None),
     ])
     assert [r["local_workload"] for r in flows if r["local_ip"] in (A4, B4)] == [None, None]
     beats = {(r["ip"], r["workload"]) for r in records if r["kind"] == "heartbeat"}
