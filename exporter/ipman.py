@@ -180,8 +180,14 @@ class WorkloadMaps:
         """False when there was no such registration."""
         if ports is None:
             return _delete(self._fds[IP_MAP], ip_key(ip), what=f"remove {ip}")
-        found = [_delete(self._fds[PORTS_MAP], key, what=f"remove {ip}") for key in ports_keys(ip, ports)]
-        return any(found)
+        keys = ports_keys(ip, ports)
+        canonical = key_ip(ip_key(ip))
+        # Only a range registered exactly so: its blocks may be shared with a wider registration.
+        if not any(r.ip == canonical and r.ports == ports for r in self.registrations()):
+            return False
+        for key in keys:
+            _delete(self._fds[PORTS_MAP], key, what=f"remove {ip}")
+        return True
 
     def registrations(self) -> list[Registration]:
         found = set()
