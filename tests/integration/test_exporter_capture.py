@@ -257,7 +257,7 @@ def test_every_connection_is_reported_exactly(hosts, pin_dir, tmp_path):
     assert f"{B4}:40000-40063\tshared-two" in listed
     overlapping = flowattr("ipman", "add", B4, "other", "--ports", "40063-40100", env=env)
     assert overlapping.returncode == 1 and "overlaps" in overlapping.stderr
-    # 40000-40031 is one of the range's own blocks: removing it alone would cut the range in two.
+    # Part of a registered range is not a registration: removing it would cut the range in two.
     partial = flowattr("ipman", "remove", B4, "--ports", "40000-40031", env=env)
     assert partial.returncode == 1 and "not registered" in partial.stderr
 
