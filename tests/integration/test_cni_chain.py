@@ -268,3 +268,19 @@ def test_install_chains_flowattr_last_and_uninstall_restores_the_nodes_config(ne
     # Pods still start once it is gone, and nothing is registered for them.
     network.add(network.namespace("p2"), "shop/cart-2")
     assert network.registrations() == {}
+
+
+def test_pods_start_when_the_plugins_interpreter_is_gone(network):
+    """The shim answers for a plugin that cannot run: the chain's result, unchanged, and DEL succeeds."""
+    conflist = network.conf_dirs[True] / f"10-{network.name}.conflist"
+    chained = json.loads(conflist.read_text())
+    chained["plugins"][-1]["exec"] = ["/nonexistent/flowattr-runtime/python", "-m", "exporter.cni"]
+    conflist.write_text(json.dumps(chained))
+    pod = network.namespace("p1")
+    done = network.cnitool("add", pod, "shop/cart-1")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [entry["address"] for entry in result["ips"]] == [f"{network.first}/29"]
+    assert any(i.get("sandbox") == f"/var/run/netns/{pod}" for i in result["interfaces"])
+    assert "ADD skipped" in done.stderr and network.registrations() == {}
+    assert network.cnitool("del", pod).returncode == 0
