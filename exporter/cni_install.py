@@ -5,6 +5,7 @@ put the plugin into the host's CNI bin folder and chain it into the node's netwo
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -71,19 +72,47 @@ def uninstall(bin_dir: Path, conf_dir: Path) -> None:
     (bin_dir / PLUGIN_TYPE).unlink(missing_ok=True)
 
 
-def copy_runtime(runtime_dir: Path) -> list[str]:
-    """Copies this image's interpreter and libraries under runtime_dir; returns the command the
-    shim runs (the image's loader, so the host's C library version does not matter)."""
-    for part in RUNTIME_PARTS:
-        shutil.copytree(Path("/") / part, runtime_dir / part, symlinks=True, dirs_exist_ok=True)
-    libs = runtime_dir / "usr/lib/x86_64-linux-gnu"
-    site = runtime_dir / f"opt/flowattr/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+def copy_runtime(runtime_dir: Path, root: Path = Path("/")) -> list[str]:
+    """Copies this image's interpreter and libraries to runtime_dir/<build>, once per image build,
+    and returns the command the shim runs: the image's loader, so the host's C library version does
+    not matter. A new build goes to a new folder (staged, then renamed), so a plugin running from the
+    old copy is never overwritten under it; prune_runtimes removes the old one once unchained."""
+    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    target = runtime_dir / build_id(root, python)
+    if not target.exists():
+        staging = runtime_dir / f".{target.name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        for part in RUNTIME_PARTS:
+            shutil.copytree(root / part, staging / part, symlinks=True)
+        os.rename(staging, target)
+    libs = target / "usr/lib/x86_64-linux-gnu"
     return [
-        "/usr/bin/env", f"PYTHONHOME={runtime_dir / 'usr/local'}", f"PYTHONPATH={site}",
-        str(libs / "ld-linux-x86-64.so.2"), "--library-path", f"{libs}:{runtime_dir / 'usr/local/lib'}",
-        str(runtime_dir / f"usr/local/bin/python{sys.version_info.major}.{sys.version_info.minor}"),
-        "-m", "exporter.cni",
+        "/usr/bin/env", f"PYTHONHOME={target / 'usr/local'}",
+        f"PYTHONPATH={target / 'opt/flowattr/lib' / python / 'site-packages'}",
+        str(libs / "ld-linux-x86-64.so.2"), "--library-path", f"{libs}:{target / 'usr/local/lib'}",
+        str(target / "usr/local/bin" / python), "-m", "exporter.cni",
     ]
+
+
+def build_id(root: Path, python: str) -> str:
+    """Names an image build: the installed packages' RECORD files (every file with its hash) and
+    the interpreter."""
+    digest = hashlib.sha256()
+    for record in sorted((root / "opt/flowattr").glob("lib/python*/site-packages/*.dist-info/RECORD")):
+        digest.update(record.read_bytes())
+    digest.update((root / "usr/local/bin" / python).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def prune_runtimes(runtime_dir: Path, command: list[str]) -> list[str]:
+    """Removes the copies the chained command no longer uses; returns their names."""
+    used = {part for part in command if part.startswith(str(runtime_dir))}
+    removed = []
+    for entry in sorted(runtime_dir.iterdir()):
+        if not any(u == str(entry) or u.startswith(f"{entry}/") or u.startswith(f"{entry}:") for u in used):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def write_kubeconfig(directory: Path, host_directory: Path, service_account: Path = SERVICE_ACCOUNT) -> Path:
@@ -198,9 +227,10 @@ def main(argv: list[str]) -> int:
     try:
         if args.command == "install":
             if args.runtime_dir:
-                command = copy_runtime(Path(args.runtime_dir))
+                copied = copy_runtime(Path(args.runtime_dir))
+                command = copied
                 if args.host_runtime_dir:
-                    command = [c.replace(args.runtime_dir, args.host_runtime_dir) for c in command]
+                    command = [c.replace(args.runtime_dir, args.host_runtime_dir) for c in copied]
             elif args.exec_command:
                 command = shlex.split(args.exec_command)
             else:
@@ -214,6 +244,9 @@ def main(argv: list[str]) -> int:
                 entry["kubeconfig"] = args.kubeconfig
             path = install(Path(args.shim), Path(args.cni_bin_dir), Path(args.cni_conf_dir), entry)
             print(f"flowattr-cni: installed into {args.cni_bin_dir}, chained into {path}")
+            if args.runtime_dir:
+                for name in prune_runtimes(Path(args.runtime_dir), copied):
+                    print(f"flowattr-cni: removed the unchained runtime copy {name}")
         elif args.command == "uninstall":
             uninstall(Path(args.cni_bin_dir), Path(args.cni_conf_dir))
             print(f"flowattr-cni: unchained from {args.cni_conf_dir}, removed from {args.cni_bin_dir}")

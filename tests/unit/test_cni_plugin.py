@@ -2,11 +2,15 @@
 it reads from a request, what it answers, and how it edits the network config."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from exporter.cni import container_addresses, plugin, pod_from_args
-from exporter.cni_install import InstallError, chain, network_config_list, unchain
+from exporter.cni_install import (
+    InstallError, chain, copy_runtime, network_config_list, prune_runtimes, unchain,
+)
 
 # prevResult as the bridge plugin with host-local returns it (CNI 1.0.0).
 BRIDGE_RESULT = {
@@ -84,3 +88,32 @@ def test_the_runtimes_config_is_the_first_file_by_name(tmp_path):
     (tmp_path / "05-single.conf").write_text("{}")
     with pytest.raises(InstallError, match="single-plugin"):
         network_config_list(tmp_path)
+
+
+def fake_image(root, record: str):
+    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for part in ("usr/local/bin", "usr/local/lib", "usr/lib/x86_64-linux-gnu", f"opt/flowattr/lib/{python}/site-packages/flowattr-0.1.0.dist-info"):
+        (root / part).mkdir(parents=True, exist_ok=True)
+    (root / "usr/local/bin" / python).write_bytes(b"interpreter")
+    (root / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2").write_bytes(b"loader")
+    (root / f"opt/flowattr/lib/{python}/site-packages/flowattr-0.1.0.dist-info/RECORD").write_text(record)
+    return python
+
+
+def test_the_runtime_is_copied_once_per_image_build_and_old_copies_go_once_unchained(tmp_path):
+    root, runtime = tmp_path / "image", tmp_path / "host-runtime"
+    python = fake_image(root, "exporter/cni.py,sha256=aaa,100\n")
+    command = copy_runtime(runtime, root)
+    (build,) = [p for p in runtime.iterdir()]
+    assert command[-3:] == [str(build / "usr/local/bin" / python), "-m", "exporter.cni"]
+    assert command[3] == str(build / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    assert (build / "usr/local/bin" / python).read_bytes() == b"interpreter"
+    marker = build / "usr/local/bin" / python
+    marker.write_bytes(b"in use")  # a second install of the same build copies nothing
+    assert copy_runtime(runtime, root) == command and marker.read_bytes() == b"in use"
+
+    fake_image(root, "exporter/cni.py,sha256=bbb,101\n")  # a new image
+    newer = copy_runtime(runtime, root)
+    assert newer != command and len(list(runtime.iterdir())) == 2
+    assert prune_runtimes(runtime, newer) == [build.name]
+    assert [p.name for p in runtime.iterdir()] == [Path(newer[-3]).parents[3].name]
