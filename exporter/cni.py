@@ -210,8 +210,9 @@ def add(conf: dict, env: dict[str, str]) -> str:
     result = conf.get("prevResult") or {}
     network = conf.get("name", "")
     container_id = env.get("CNI_CONTAINERID", "")
-    state = State(settings.state_dir)
+    state = None
     try:
+        state = State(settings.state_dir)
         pod = pod_from_args(env.get("CNI_ARGS", ""))
         ips = container_addresses(result)
         if pod is None:
@@ -230,10 +231,16 @@ def add(conf: dict, env: dict[str, str]) -> str:
             detail = f"{pod.namespace}/{pod.name} {','.join(ips)} -> {workload} ({how})"
         state.log(f"ADD {container_id[:16]} {detail} in {_ms(started)} ms")
     except Exception as e:  # never fail the pod's set-up because of flowattr
-        state.count("add_failed")
-        state.log(f"ADD {container_id[:16]} failed in {_ms(started)} ms: {type(e).__name__}: {e}")
         print(f"flowattr-cni: ADD failed, pod set up without its entry: {e}", file=sys.stderr)
-    # Passed through unchanged: this plugin adds nothing to the result.
+        if state is not None:  # without a state folder there is nowhere to count: stderr says it
+            state.count("add_failed")
+            state.log(f"ADD {container_id[:16]} failed in {_ms(started)} ms: {type(e).__name__}: {e}")
+    return pass_through(conf)
+
+
+def pass_through(conf: dict) -> str:
+    """ADD's answer: prevResult unchanged, this plugin adds nothing to the result."""
+    result = conf.get("prevResult")
     return json.dumps(result) if result else json.dumps({"cniVersion": conf.get("cniVersion", "1.1.0")})
 
 
@@ -308,7 +315,11 @@ def plugin(stdin: str, env: dict[str, str]) -> tuple[int, str]:
     version = conf.get("cniVersion", "1.1.0")
     try:
         if command == "ADD":
-            return 0, add(conf, env)
+            try:
+                return 0, add(conf, env)
+            except Exception as e:  # even counting the failure failed: still never fail the pod
+                print(f"flowattr-cni: ADD failed: {type(e).__name__}: {e}", file=sys.stderr)
+                return 0, pass_through(conf)
         if command == "DEL":
             delete(conf, env)
         elif command == "CHECK":

@@ -117,3 +117,11 @@ def test_the_runtime_is_copied_once_per_image_build_and_old_copies_go_once_uncha
     assert newer != command and len(list(runtime.iterdir())) == 2
     assert prune_runtimes(runtime, newer) == [build.name]
     assert [p.name for p in runtime.iterdir()] == [Path(newer[-3]).parents[3].name]
+
+
+def test_add_passes_prev_result_through_when_its_state_folder_cannot_be_made(tmp_path):
+    (tmp_path / "file").write_text("")
+    conf = {"cniVersion": "1.0.0", "name": "n", "pinDir": str(tmp_path), "stateDir": str(tmp_path / "file" / "state"),
+            "prevResult": BRIDGE_RESULT}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_ARGS": "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-1"}
+    assert plugin(json.dumps(conf), env) == (0, json.dumps(BRIDGE_RESULT))
