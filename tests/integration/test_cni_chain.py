@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from exporter.ipman import WorkloadMaps
+from tests.k8s_api import serving, uid_of
 from test_exporter_capture import PEER, REPO, Agent, connect, exporter_env, pin_dir, read_batches, require_ebpf  # noqa: F401
 
 CNI_BIN = REPO / ".build" / "cni" / "bin"
@@ -52,10 +53,13 @@ class Network:
             conf_dir.mkdir()
             (conf_dir / f"10-{self.name}.conflist").write_text(json.dumps(self.original))
             self.conf_dirs[chained] = conf_dir
-        # Chained as the DaemonSet's init container does it, with this checkout's interpreter.
+        self.install()
+
+    def install(self, *options: str) -> None:
+        """Chains flowattr-cni as the DaemonSet's init container does, with this checkout's interpreter."""
         self.admin("install", "--shim", str(CNI_BIN / "flowattr-cni"), "--cni-bin-dir", str(self.bin_dir),
-                   "--cni-conf-dir", str(self.conf_dirs[True]), "--pin-dir", str(pin),
-                   "--state-dir", str(self.state_dir), "--exec", f"{sys.executable} -m exporter.cni")
+                   "--cni-conf-dir", str(self.conf_dirs[True]), "--pin-dir", str(self.pin_dir),
+                   "--state-dir", str(self.state_dir), "--exec", f"{sys.executable} -m exporter.cni", *options)
 
     def admin(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "exporter.cni", *args], capture_output=True, text=True,
@@ -69,18 +73,21 @@ class Network:
         self.namespaces.append(ns)
         return ns
 
-    def cnitool(self, command: str, ns: str, pod: str | None = None, chained: bool = True) -> subprocess.CompletedProcess:
+    def cnitool(self, command: str, ns: str, pod: str | None = None, chained: bool = True,
+                uid: str | None = None) -> subprocess.CompletedProcess:
         env = dict(os.environ, NETCONFPATH=str(self.conf_dirs[chained]),
                    CNI_PATH=f"{self.bin_dir}:{CNI_BIN}", PYTHONPATH=str(REPO))
         if pod:
+            # The keys the kubelet's runtime passes (containerd, CRI-O).
             namespace, name = pod.split("/")
-            env["CNI_ARGS"] = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uuid.uuid4()}"
+            env["CNI_ARGS"] = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
+                               f"K8S_POD_INFRA_CONTAINER_ID={ns};K8S_POD_UID={uid or uuid.uuid4()}")
         return subprocess.run([str(CNI_BIN / "cnitool"), command, self.name, f"/var/run/netns/{ns}"],
                               env=env, capture_output=True, text=True, timeout=60)
 
-    def add(self, ns: str, pod: str | None = None, chained: bool = True) -> str:
+    def add(self, ns: str, pod: str | None = None, chained: bool = True, uid: str | None = None) -> str:
         """The pod's address, from the chain's result (which flowattr-cni passed through)."""
-        done = self.cnitool("add", ns, pod, chained)
+        done = self.cnitool("add", ns, pod, chained, uid)
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
         (ip,) = [entry["address"].split("/")[0] for entry in result["ips"]]
@@ -284,3 +291,20 @@ def test_pods_start_when_the_plugins_interpreter_is_gone(network):
     assert any(i.get("sandbox") == f"/var/run/netns/{pod}" for i in result["interfaces"])
     assert "ADD skipped" in done.stderr and network.registrations() == {}
     assert network.cnitool("del", pod).returncode == 0
+
+
+def test_with_a_kubeconfig_a_deployments_pod_is_named_after_the_deployment(network, tmp_path):
+    """The chain's plugin reads the pod and its ReplicaSet through the kubeconfig it is given (a
+    loopback stand-in answers, tests/k8s_api.py: there is no API server here)."""
+    with serving(tmp_path) as (kubeconfig, stand_in):
+        network.install("--kubeconfig", str(kubeconfig))
+        pod = network.namespace("p1")
+        ip = network.add(pod, "shop/cart-7d9f8c6b5d-x2k9q", uid=uid_of("deployment_pod"))
+        assert network.registrations() == {ip: "shop/cart"}
+        assert [path for path, _ in stand_in.seen] == ["/api/v1/namespaces/shop/pods/cart-7d9f8c6b5d-x2k9q",
+                                                       "/apis/apps/v1/namespaces/shop/replicasets/cart-7d9f8c6b5d"]
+        # The pod of that name here is another incarnation (its uid differs): the pod's own name.
+        other = network.namespace("p2")
+        other_ip = network.add(other, "shop/cart-7d9f8c6b5d-x2k9q")
+        assert network.registrations() == {ip: "shop/cart", other_ip: "shop/pod/cart-7d9f8c6b5d-x2k9q"}
+    assert "-> shop/cart (api) in" in "\n".join(network.log())
