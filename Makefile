@@ -39,21 +39,22 @@ ebpf-deps: $(STAMP)
 	sh scripts/ebpf-deps.sh $(VENV)
 
 # The reference CNI plugins and cnitool from their Go modules (the proxy), and flowattr-cni's shim,
-# for the CNI tests; built once into .build/cni/bin.
+# for the CNI tests; built once into .build/cni/bin. Needs Go (a Go older than a module asks for
+# fetches the toolchain it names).
 CNI_BIN := .build/cni/bin
 CNI_PLUGINS_VERSION := v1.9.1
 CNI_VERSION := v1.3.0
 cni-plugins: $(CNI_BIN)/cnitool $(CNI_BIN)/flowattr-cni
 
 $(CNI_BIN)/cnitool:
-	GOBIN=$(CURDIR)/$(CNI_BIN) GOTOOLCHAIN=local go install \
+	GOBIN=$(CURDIR)/$(CNI_BIN) go install \
 	  github.com/containernetworking/plugins/plugins/main/bridge@$(CNI_PLUGINS_VERSION) \
 	  github.com/containernetworking/plugins/plugins/ipam/host-local@$(CNI_PLUGINS_VERSION) \
 	  github.com/containernetworking/plugins/plugins/main/loopback@$(CNI_PLUGINS_VERSION)
-	GOBIN=$(CURDIR)/$(CNI_BIN) GOTOOLCHAIN=local go install github.com/containernetworking/cni/cnitool@$(CNI_VERSION)
+	GOBIN=$(CURDIR)/$(CNI_BIN) go install github.com/containernetworking/cni/cnitool@$(CNI_VERSION)
 
 $(CNI_BIN)/flowattr-cni: exporter/cnishim/main.go exporter/cnishim/go.mod
-	cd exporter/cnishim && CGO_ENABLED=0 GOTOOLCHAIN=local go build -o $(CURDIR)/$@ .
+	cd exporter/cnishim && CGO_ENABLED=0 go build -o $(CURDIR)/$@ .
 
 eval: $(STAMP)
 	$(BIN)/python -m bench.accuracy
