@@ -72,10 +72,10 @@ def uninstall(bin_dir: Path, conf_dir: Path) -> None:
     (bin_dir / PLUGIN_TYPE).unlink(missing_ok=True)
 
 
-def copy_runtime(runtime_dir: Path, root: Path = Path("/")) -> list[str]:
+def copy_runtime(runtime_dir: Path, root: Path = Path("/")) -> tuple[list[str], dict[str, str]]:
     """Copies this image's interpreter and libraries to runtime_dir/<build>, once per image build,
-    and returns the command the shim runs: the image's loader, so the host's C library version does
-    not matter. A new build goes to a new folder (staged, then renamed), so a plugin running from the
+    and returns the command the shim runs, and its environment: the image's loader, so the host's C
+    library version does not matter, and nothing of the host's (not even /usr/bin/env) is needed. A new build goes to a new folder (staged, then renamed), so a plugin running from the
     old copy is never overwritten under it; prune_runtimes removes the old one once unchained."""
     python = f"python{sys.version_info.major}.{sys.version_info.minor}"
     target = runtime_dir / build_id(root, python)
@@ -86,12 +86,13 @@ def copy_runtime(runtime_dir: Path, root: Path = Path("/")) -> list[str]:
             shutil.copytree(root / part, staging / part, symlinks=True)
         os.rename(staging, target)
     libs = target / "usr/lib/x86_64-linux-gnu"
-    return [
-        "/usr/bin/env", f"PYTHONHOME={target / 'usr/local'}",
-        f"PYTHONPATH={target / 'opt/flowattr/lib' / python / 'site-packages'}",
+    command = [
         str(libs / "ld-linux-x86-64.so.2"), "--library-path", f"{libs}:{target / 'usr/local/lib'}",
         str(target / "usr/local/bin" / python), "-m", "exporter.cni",
     ]
+    env = {"PYTHONHOME": str(target / "usr/local"),
+           "PYTHONPATH": str(target / "opt/flowattr/lib" / python / "site-packages")}
+    return command, env
 
 
 def build_id(root: Path, python: str) -> str:
@@ -226,17 +227,21 @@ def main(argv: list[str]) -> int:
     args = commands.parse_args(argv)
     try:
         if args.command == "install":
+            env = {}
             if args.runtime_dir:
-                copied = copy_runtime(Path(args.runtime_dir))
+                copied, env = copy_runtime(Path(args.runtime_dir))
                 command = copied
                 if args.host_runtime_dir:
                     command = [c.replace(args.runtime_dir, args.host_runtime_dir) for c in copied]
+                    env = {k: v.replace(args.runtime_dir, args.host_runtime_dir) for k, v in env.items()}
             elif args.exec_command:
                 command = shlex.split(args.exec_command)
             else:
                 commands.error("install needs --runtime-dir or --exec")
             entry = {"type": PLUGIN_TYPE, "exec": command, "pinDir": args.pin_dir,
                      "stateDir": args.state_dir, "apiTimeoutS": args.api_timeout_s}
+            if env:
+                entry["env"] = env
             if args.write_kubeconfig:
                 host_dir = Path(args.host_kubeconfig_dir or args.write_kubeconfig)
                 entry["kubeconfig"] = str(write_kubeconfig(Path(args.write_kubeconfig), host_dir))

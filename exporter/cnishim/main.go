@@ -23,9 +23,10 @@ const timeout = 10 * time.Second
 var supported = []string{"0.4.0", "1.0.0", "1.1.0"}
 
 type netConf struct {
-	CNIVersion string          `json:"cniVersion"`
-	Exec       []string        `json:"exec"`
-	PrevResult json.RawMessage `json:"prevResult"`
+	CNIVersion string            `json:"cniVersion"`
+	Exec       []string          `json:"exec"`
+	Env        map[string]string `json:"env"`
+	PrevResult json.RawMessage   `json:"prevResult"`
 }
 
 func main() {
@@ -41,7 +42,7 @@ func main() {
 		// Not ours to judge: without a readable config there is nothing to pass through either.
 		fail(fmt.Sprintf("unreadable network config: %v", err))
 	}
-	out, err := run(conf.Exec, stdin)
+	out, err := run(conf.Exec, conf.Env, stdin)
 	if err == nil {
 		os.Stdout.Write(out)
 		return
@@ -57,7 +58,7 @@ func main() {
 	}
 }
 
-func run(command []string, stdin []byte) ([]byte, error) {
+func run(command []string, env map[string]string, stdin []byte) ([]byte, error) {
 	if len(command) == 0 {
 		return nil, fmt.Errorf("no \"exec\" in the network config")
 	}
@@ -65,6 +66,10 @@ func run(command []string, stdin []byte) ([]byte, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, command[0], command[1:]...)
 	cmd.Stdin = bytes.NewReader(stdin)
+	cmd.Env = os.Environ()
+	for name, value := range env {
+		cmd.Env = append(cmd.Env, name+"="+value)
+	}
 	cmd.Stderr = os.Stderr
 	return cmd.Output()
 }

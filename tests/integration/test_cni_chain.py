@@ -308,3 +308,17 @@ def test_with_a_kubeconfig_a_deployments_pod_is_named_after_the_deployment(netwo
         other_ip = network.add(other, "shop/cart-7d9f8c6b5d-x2k9q")
         assert network.registrations() == {ip: "shop/cart", other_ip: "shop/pod/cart-7d9f8c6b5d-x2k9q"}
     assert "-> shop/cart (api) in" in "\n".join(network.log())
+
+
+def test_the_shim_runs_the_plugin_with_the_environment_its_entry_names(network, tmp_path):
+    """How the DaemonSet's runtime copy is started (PYTHONHOME, PYTHONPATH), without /usr/bin/env."""
+    seen = tmp_path / "env-seen"
+    conflist = network.conf_dirs[True] / f"10-{network.name}.conflist"
+    chained = json.loads(conflist.read_text())
+    chained["plugins"][-1]["exec"] = ["/bin/sh", "-c", f'printf %s "$FLOWATTR_SHIM_CHECK" > {seen}; '
+                                      f'exec {sys.executable} -m exporter.cni']
+    chained["plugins"][-1]["env"] = {"FLOWATTR_SHIM_CHECK": "from the entry"}
+    conflist.write_text(json.dumps(chained))
+    ip = network.add(network.namespace("p1"), "shop/cart-1")
+    assert seen.read_text() == "from the entry"
+    assert network.registrations() == {ip: "shop/pod/cart-1"}

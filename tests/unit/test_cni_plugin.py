@@ -103,17 +103,18 @@ def fake_image(root, record: str):
 def test_the_runtime_is_copied_once_per_image_build_and_old_copies_go_once_unchained(tmp_path):
     root, runtime = tmp_path / "image", tmp_path / "host-runtime"
     python = fake_image(root, "exporter/cni.py,sha256=aaa,100\n")
-    command = copy_runtime(runtime, root)
+    command, env = copy_runtime(runtime, root)
     (build,) = [p for p in runtime.iterdir()]
     assert command[-3:] == [str(build / "usr/local/bin" / python), "-m", "exporter.cni"]
-    assert command[3] == str(build / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    assert command[0] == str(build / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    assert env["PYTHONHOME"] == str(build / "usr/local")
     assert (build / "usr/local/bin" / python).read_bytes() == b"interpreter"
     marker = build / "usr/local/bin" / python
     marker.write_bytes(b"in use")  # a second install of the same build copies nothing
-    assert copy_runtime(runtime, root) == command and marker.read_bytes() == b"in use"
+    assert copy_runtime(runtime, root)[0] == command and marker.read_bytes() == b"in use"
 
     fake_image(root, "exporter/cni.py,sha256=bbb,101\n")  # a new image
-    newer = copy_runtime(runtime, root)
+    newer, _ = copy_runtime(runtime, root)
     assert newer != command and len(list(runtime.iterdir())) == 2
     assert prune_runtimes(runtime, newer) == [build.name]
     assert [p.name for p in runtime.iterdir()] == [Path(newer[-3]).parents[3].name]
