@@ -258,7 +258,7 @@ def delete(conf: dict, env: dict[str, str]) -> None:
                 removed = state.forget(attachment, maps)
         state.count("del")
         state.log(f"DEL {key[1][:16]} {attachment.workload} removed {','.join(removed) or 'nothing (taken over)'}")
-    except Exception as e:  # a DEL that fails is retried by the runtime; its entry is left, counted
+    except Exception as e:  # the pod's teardown goes on; the entry stays until reconcile or the address's next ADD
         state.count("del_failed")
         state.log(f"DEL {key[1][:16]} failed: {type(e).__name__}: {e}")
 
