@@ -25,6 +25,7 @@ SUPPORTED_VERSIONS = ["0.4.0", "1.0.0", "1.1.0"]
 DEFAULT_PIN_DIR = "/sys/fs/bpf/flowattr"
 DEFAULT_STATE_DIR = "/var/lib/flowattr/cni"
 DEFAULT_API_TIMEOUT_S = 1.0
+LOG_MAX_BYTES = 1 << 20  # a node's disk is not ours to fill
 
 
 class CniError(Exception):
@@ -145,9 +146,14 @@ class State:
             return {}
 
     def log(self, line: str) -> None:
+        """One line a request; past LOG_MAX_BYTES the log becomes cni.log.1 (the one before is dropped)."""
+        path = self.dir / "cni.log"
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with open(self.dir / "cni.log", "a") as f:
+        with open(path, "a") as f:
             f.write(f"{stamp} {line}\n")
+            full = f.tell() > LOG_MAX_BYTES
+        if full:
+            os.replace(path, path.with_name("cni.log.1"))
 
 
 def _write(path: Path, text: str) -> None:

@@ -126,3 +126,15 @@ def test_add_passes_prev_result_through_when_its_state_folder_cannot_be_made(tmp
             "prevResult": BRIDGE_RESULT}
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_ARGS": "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-1"}
     assert plugin(json.dumps(conf), env) == (0, json.dumps(BRIDGE_RESULT))
+
+
+def test_the_log_is_bounded(tmp_path, monkeypatch):
+    import exporter.cni as cni
+
+    monkeypatch.setattr(cni, "LOG_MAX_BYTES", 200)
+    state = cni.State(tmp_path)
+    for i in range(20):
+        state.log(f"ADD c{i} shop/cart-{i} 10.0.0.{i} -> shop/cart (api) in 1.0 ms")
+    assert (tmp_path / "cni.log").stat().st_size <= 200 + 80
+    assert (tmp_path / "cni.log.1").exists()
+    assert "ADD c19 " in (tmp_path / "cni.log").read_text() + (tmp_path / "cni.log.1").read_text()
