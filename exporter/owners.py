@@ -11,15 +11,15 @@ import orjson
 
 from exporter.ipman import WORKLOAD_LEN
 
-# A ReplicaSet whose own controller is a Deployment is the Deployment's; every other controller
-# (StatefulSet, DaemonSet, Job, a bare ReplicaSet, a custom controller) names the pod's workload itself.
 ReplicaSetReader = Callable[[str, str], "dict | None"]
 
 
 def workload_of(pod: dict, read_replica_set: ReplicaSetReader) -> str:
-    """pod: the Pod object as the API returns it (JSON); read_replica_set(namespace, name) returns
-    the ReplicaSet object, or None when it is gone or cannot be read. An unreadable ReplicaSet gives
-    the pod's own name, not the ReplicaSet's: that could equal some other Deployment's name."""
+    """The pod's controller names it, except that a ReplicaSet whose own controller is a Deployment
+    gives the Deployment; no controller: the pod itself. pod: the Pod object as the API returns it
+    (JSON); read_replica_set(namespace, name) returns the ReplicaSet object, or None when it is gone
+    or cannot be read. An unreadable ReplicaSet gives the pod's own name, not the ReplicaSet's: that
+    could equal some other Deployment's name."""
     metadata = pod["metadata"]
     namespace = metadata["namespace"]
     owner = controller(metadata)
