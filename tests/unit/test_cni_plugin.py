@@ -138,3 +138,24 @@ def test_the_log_is_bounded(tmp_path, monkeypatch):
     assert (tmp_path / "cni.log").stat().st_size <= 200 + 80
     assert (tmp_path / "cni.log.1").exists()
     assert "ADD c19 " in (tmp_path / "cni.log").read_text() + (tmp_path / "cni.log.1").read_text()
+
+
+def test_the_kubeconfig_for_the_host_plugin_points_at_the_host_copies_of_token_and_ca(tmp_path, monkeypatch):
+    from exporter.cni_install import write_kubeconfig
+    from exporter.owners import KubernetesOwners
+
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("pod-bound-token")
+    (account / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    written = tmp_path / "host" / "etc" / "flowattr" / "cni"  # as the init container sees the host
+    on_host = write_kubeconfig(written, written, account)
+    assert on_host == written / "kubeconfig"
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written.iterdir()} == {
+        "kubeconfig": "0o600", "token": "0o600", "ca.crt": "0o600"}
+    configuration = KubernetesOwners(str(on_host), 1.0)._api.configuration
+    assert configuration.host == "https://10.96.0.1:443"
+    assert configuration.get_api_key_with_prefix("BearerToken") == "Bearer pod-bound-token"
+    assert configuration.ssl_ca_cert == str(written / "ca.crt")
