@@ -56,7 +56,8 @@ def test_every_object_is_valid_against_the_kubernetes_schema(target, version):
 def test_everything_lives_in_the_flowattr_namespace(target):
     objects = render(target)
     assert one(objects, "Namespace")["metadata"]["name"] == "flowattr"
-    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"flowattr"}
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] not in cluster_scoped} == {"flowattr"}
 
 
 def test_statefulset_replicas_equal_the_cluster_size_the_processes_read(target):
