@@ -10,6 +10,7 @@ import orjson
 from confluent_kafka import KafkaError, Producer
 
 from dataflow.config import KafkaConfig
+from dataflow.kafka_client import client_settings
 
 
 @dataclass
@@ -32,21 +33,19 @@ class KafkaShipper:
         self._key = key.encode()
         self._buffer_max = buffer_max_records
         self._batch_records = batch_records
-        self._producer = Producer(
-            {
-                "bootstrap.servers": kafka.brokers,
-                # Idempotence: librdkafka's own retries never duplicate a batch.
-                "enable.idempotence": True,
-                # Never expire a batch locally: while Kafka is down, our own bound decides what
-                # is kept, and what it drops is counted.
-                "message.timeout.ms": 0,
-                "linger.ms": 200,
-                "compression.type": "lz4",
-                "error_cb": self._on_error,
-                # Connection failures reach error_cb and the interval line; not one log line each.
-                "log_level": 2,
-            }
-        )
+        settings = {
+            # Idempotence: librdkafka's own retries never duplicate a batch.
+            "enable.idempotence": True,
+            # Never expire a batch locally: while Kafka is down, our own bound decides what
+            # is kept, and what it drops is counted.
+            "message.timeout.ms": 0,
+            "linger.ms": 200,
+            "compression.type": "lz4",
+            "error_cb": self._on_error,
+            # Connection failures reach error_cb and the interval line; not one log line each.
+            "log_level": 2,
+        }
+        self._producer = Producer(client_settings(kafka, **settings))
         self._last_error = ""
 
     def ship(self, records: list[dict]) -> None:
