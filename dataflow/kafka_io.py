@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -19,7 +20,15 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
 
 from dataflow.config import Config, ConfigError, KafkaConfig
 from dataflow.entitlements import Entitlements
@@ -109,13 +118,33 @@ def cluster_replication_default(admin: AdminClient, broker_id: int, timeout_s: f
 
 
 def _say_created(admin: AdminClient, topics: list[str], brokers: int, timeout_s: float) -> None:
-    created = admin.list_topics(timeout=timeout_s).topics
+    created = _serving(admin, topics, timeout_s)
     shapes = {t: _shape(created[t]) for t in topics if t in created}
     print(f"flowattr: created topics {', '.join(topics)} ({'; '.join(sorted(set(shapes.values())))})",
           file=sys.stderr, flush=True)
     if brokers > 1 and any(shape.endswith("replication factor 1") for shape in shapes.values()):
         print(f"flowattr: warning: topics with a single replica on a cluster of {brokers} brokers lose data when"
               " one broker dies; set kafka.replication_factor", file=sys.stderr, flush=True)
+
+
+def _serving(admin: AdminClient, topics: list[str], timeout_s: float) -> dict:
+    """The topics' metadata once every partition answers for its offsets: the broker answers a creation
+    before that, and a reader starting in between is told "not leader for partition"."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = admin.list_topics(timeout=timeout_s).topics
+        partitions = [TopicPartition(t, p) for t in topics if t in found for p in found[t].partitions]
+        if partitions and len({tp.topic for tp in partitions}) == len(topics):
+            futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout_s)
+            try:
+                for future in futures.values():
+                    future.result()
+                return found
+            except KafkaException:
+                pass
+        if time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def _shape(topic) -> str:
@@ -219,7 +248,7 @@ class ArrivalSource(KafkaSource):
         return _CaughtUpPartition(super().build_part(step_id, for_part, resume_state), self.margin_ms, self.watch)
 
 
-class _CaughtUpPartition:
+class _CaughtUpPartition(StatefulSourcePartition):
     """Wraps Bytewax's partition reader (0.21: its consumer and next offset are `_consumer`, `_offset`)."""
 
     def __init__(self, inner, margin_ms: int, watch: PositionWatch | None = None):

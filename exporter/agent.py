@@ -12,6 +12,7 @@ from dataflow.config import Config
 from exporter.capture import Capture, check_prerequisites
 from exporter.holdings import Holdings, Pair
 from exporter.identity import IdentityError, interface_addresses, read_identity
+from exporter.metrics import ExporterMetrics
 from exporter.report import ClosedConnection, reporter_for
 from exporter.ship import FileShipper, KafkaShipper
 
@@ -37,17 +38,19 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
         )
     flows_total = heartbeats_total = 0
     try:
+        metrics = ExporterMetrics(config, shipper)  # /metrics, /healthz, /readyz when metrics.port is set
         capture = Capture(settings)
     except BaseException:
         shipper.close(0)
         raise
+    metrics.capturing = True
     try:
         _log(f"capturing; exporter={reporter.exporter} identity={identity} interval={settings.interval_s}s")
         closed: list[ClosedConnection] = []
         holdings = Holdings()
         identity_ips: set[str] = set()  # local ends of connections the host identity named
         interval_start_ns = time.monotonic_ns()
-        holdings.observe(interval_start_ns, _held(capture, identity, identity_ips))
+        holdings.observe(interval_start_ns, _held(capture, identity, identity_ips, metrics))
         next_poll = time.monotonic() + MAP_POLL_S
         next_report = time.monotonic() + settings.interval_s
         while True:
@@ -55,12 +58,14 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
             wait_ms = 0 if stopping else min(POLL_MS, max(0, int((next_report - time.monotonic()) * 1000)))
             arrived = capture.drain(wait_ms)
             closed += arrived
+            metrics.turned()
+            metrics.connections += len(arrived)
             identity_ips.update(conn.local_ip for conn in arrived if not conn.workload)
             shipper.poll()
             reporting = stopping or time.monotonic() >= next_report
             if not reporting:
                 if time.monotonic() >= next_poll:
-                    holdings.observe(time.monotonic_ns(), _held(capture, identity, identity_ips))
+                    holdings.observe(time.monotonic_ns(), _held(capture, identity, identity_ips, metrics))
                     next_poll = time.monotonic() + MAP_POLL_S
                 continue
             next_report += settings.interval_s
@@ -69,7 +74,7 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
             open_connections = capture.open_connections()
             identity_ips.update(conn.local_ip for conn in open_connections if not conn.workload)
             now_ns = time.monotonic_ns()
-            holdings.observe(now_ns, _held(capture, identity, identity_ips))
+            holdings.observe(now_ns, _held(capture, identity, identity_ips, metrics))
             next_poll = time.monotonic() + MAP_POLL_S
             held = holdings.report(interval_start_ns, now_ns)
             interval_start_ns = now_ns
@@ -79,6 +84,8 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
             heartbeats_total += len(heartbeats)
             closed = []
             counters = capture.counters()
+            metrics.flows, metrics.heartbeats = flows_total, heartbeats_total
+            metrics.kernel, metrics.open_connections = counters, len(open_connections)
             stats = shipper.stats
             error = shipper.last_error()
             _log(
@@ -96,11 +103,12 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
         _log(f"stopped; delivered={stats.delivered} dropped={stats.dropped}")
 
 
-def _held(capture: Capture, identity: str | None, identity_ips: set[str]) -> set[Pair]:
+def _held(capture: Capture, identity: str | None, identity_ips: set[str], metrics: ExporterMetrics) -> set[Pair]:
     """What this host can claim now: every workload map entry, and the host identity on each address
     that a connection named by the identity used and that is still configured on an interface here.
     (All interface addresses would also claim bridge and link-local addresses every host has.)"""
     held = capture.registrations()
+    metrics.workloads = len(held)
     if identity and identity_ips:
         identity_ips &= interface_addresses()  # gone from the interfaces: a new connection must show it again
         mapped = {ip for ip, _ in held}

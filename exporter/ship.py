@@ -18,6 +18,7 @@ class ShipStats:
     delivered: int = 0  # records acknowledged by Kafka (or written to the file)
     buffered: int = 0  # records produced, not yet acknowledged
     dropped: int = 0  # records given up: buffer full, or a permanent delivery error
+    batches: int = 0  # messages acknowledged by Kafka (or lines written to the file)
 
 
 def batches(records: list[dict], size: int) -> list[list[dict]]:
@@ -67,6 +68,7 @@ class KafkaShipper:
         self.stats.buffered -= count
         if err is None:
             self.stats.delivered += count
+            self.stats.batches += 1
         else:
             self.stats.dropped += count
             self._last_error = str(err)
@@ -101,6 +103,7 @@ class FileShipper:
         for batch in batches(records, self._batch_records):
             self._file.write(orjson.dumps(batch) + b"\n")
             self.stats.delivered += len(batch)
+            self.stats.batches += 1
         self._file.flush()
 
     def poll(self) -> None:
