@@ -149,7 +149,8 @@ def _serving(admin: AdminClient, topics: list[str], timeout_s: float) -> dict:
 
 def _shape(topic) -> str:
     replicas = sorted({len(p.replicas) for p in topic.partitions.values()})
-    return f"{len(topic.partitions)} partitions, replication factor {'/'.join(map(str, replicas))}"
+    count = len(topic.partitions)
+    return f"{count} partition{'s' if count != 1 else ''}, replication factor {'/'.join(map(str, replicas))}"
 
 
 def _topic_config(config: Config, topic: str, inputs: set[str]) -> dict[str, str]:

@@ -61,6 +61,7 @@ def record(path: Path, minutes: float) -> None:
         + f"[metrics]\nport = {job_port}\n"
     )
     namespaces = []
+    pins = Path(f"/sys/fs/bpf/flowattr-dashboard-{uuid.uuid4().hex[:6]}")
     broker = Broker().start()
     processes = []
     try:
@@ -79,8 +80,7 @@ def record(path: Path, minutes: float) -> None:
         processes.append(subprocess.Popen([sys.executable, "-m", "dataflow.cli", "--config", str(config_path), "run"],
                                           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         namespaces = _test_hosts()
-        pins = f"/sys/fs/bpf/flowattr-dashboard-{uuid.uuid4().hex[:6]}"
-        exporter_env = {**env, "FLOWATTR_EXPORTER__PIN_DIR": pins, "FLOWATTR_EXPORTER__EXPORTER_ID": NODE,
+        exporter_env = {**env, "FLOWATTR_EXPORTER__PIN_DIR": str(pins), "FLOWATTR_EXPORTER__EXPORTER_ID": NODE,
                         "FLOWATTR_EXPORTER__INTERVAL_S": "10", "FLOWATTR_METRICS__PORT": str(exporter_port),
                         "FLOWATTR_EXPORTER__IDENTITY_FILE": str(work / "no-identity"), "FLOWATTR_REGION": sim.HOME}
         for ip, workload in HOSTS.items():
@@ -125,6 +125,7 @@ def record(path: Path, minutes: float) -> None:
                         out.flush()
                 time.sleep(0.5)
         producer.flush(30)
+        del producer  # before the broker goes
     finally:
         for p in reversed(processes):
             p.terminate()
@@ -134,6 +135,10 @@ def record(path: Path, minutes: float) -> None:
                 p.kill()
         for ns in namespaces:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for pinned in pins.glob("*"):
+            pinned.unlink()
+        if pins.exists():
+            pins.rmdir()
         broker.stop()
 
 
@@ -276,7 +281,7 @@ def draw(recording_path: Path, png: Path) -> None:
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("minutes", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=80)
     print(f"{png}: {len(panels)} panels from {len(recording.times)} scrapes")
