@@ -1,7 +1,8 @@
 """Runs a real single-node Apache Kafka broker (KRaft) on 127.0.0.1 from Apache's jars on Maven Central.
 
 CLI: `python broker/launch.py fetch | up [--port 19092] | down`. Library: `with Broker() as b: b.bootstrap`.
-With `Broker(sasl_ssl=SaslSsl(keystore, users))` it also listens with SASL over TLS on `b.sasl_ssl_bootstrap`.
+With `Broker(sasl_ssl=SaslSsl(keystore, users))` it also listens with SASL over TLS on `b.sasl_ssl_bootstrap`;
+`Broker(join=b, node_id=2)` is a second broker (no controller) in b's cluster.
 """
 from __future__ import annotations
 
@@ -304,6 +305,7 @@ class Broker:
     def __init__(self, port: int | None = None, *, die_with_parent: bool = True,
                  log_path: Path | None = None, start_timeout: float = 60.0,
                  sasl_ssl: SaslSsl | None = None, properties: Mapping[str, str] | None = None,
+                 join: "Broker | None" = None, node_id: int = 1,
                  _dump_cds_to: Path | None = None):
         self._dump_cds_to = _dump_cds_to  # set only by train_cds()
         self.port = port
@@ -312,6 +314,9 @@ class Broker:
         self.sasl_ssl_port: int | None = None
         # Extra server.properties lines, over the defaults (e.g. num.partitions).
         self.properties = dict(properties or {})
+        self.join = join
+        self.node_id = node_id
+        self.cluster_id: str | None = None
         self.die_with_parent = die_with_parent
         self.log_path = log_path
         self.start_timeout = start_timeout
@@ -388,14 +393,16 @@ class Broker:
         d = self.data_dir
         (d / "log4j2.properties").write_text(LOG4J2)
         (d / "server.properties").write_text(self._server_properties())
-        cluster_id = random_uuid()
+        self.cluster_id = self.join.cluster_id if self.join else random_uuid()
+        # A joining broker brings no controller: the cluster's quorum is the first broker's.
+        quorum = ["--no-initial-controllers"] if self.join else ["--standalone"]
         # SCRAM credentials live in the cluster's metadata: KRaft takes the first ones at format time.
         scram = [] if self.sasl_ssl is None else [
             arg for name, password in self.sasl_ssl.users.items() for mechanism in SASL_MECHANISMS[1:]
             for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")]
         fmt = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "--standalone",
-                       "--cluster-id", cluster_id, "--config", str(d / "server.properties"), *scram),
+            self._java("kafka.tools.StorageTool", "format", *quorum,
+                       "--cluster-id", self.cluster_id, "--config", str(d / "server.properties"), *scram),
             capture_output=True, text=True, cwd=d)
         if fmt.returncode != 0:
             raise BrokerError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
@@ -438,9 +445,22 @@ class Broker:
             "log.segment.bytes=16777216",
             "log.retention.check.interval.ms=60000",
             *self._sasl_ssl_properties(),
+            *self._joining_properties(),
             *(f"{k}={v}" for k, v in self.properties.items()),
             "",
         ])
+
+    def _joining_properties(self) -> list[str]:
+        # Later lines of a properties file win: these turn the node above into a broker of join's cluster.
+        if self.join is None:
+            return []
+        return [
+            "process.roles=broker",
+            f"node.id={self.node_id}",
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.join.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+        ]
 
     def _sasl_ssl_properties(self) -> list[str]:
         # Clients of the SASL_SSL listener only; the brokers' own traffic stays on PLAINTEXT.

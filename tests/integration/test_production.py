@@ -24,7 +24,7 @@ from broker.launch import Broker, BrokerError, SaslSsl
 from dataflow.config import load_config
 from dataflow.kafka_io import ensure_topics, read_topic
 from exporter.ship import KafkaShipper
-from kafka_io import Record, consume_all, produce
+from kafka_io import Record, admin, consume_all, produce
 from test_exporter_capture import Agent, connect, exporter_env, flowattr, pin_dir, require_ebpf, serve, sh  # noqa: F401
 from tests.ports import free_ports
 from tls import make_pki
@@ -319,9 +319,26 @@ def _records(messages: list[Record]) -> list[dict]:
 
 
 def _topic_shape(bootstrap: str, topic: str) -> tuple[int, int]:
-    from kafka_io import admin
-
     meta = admin(bootstrap).list_topics(topic, timeout=10).topics[topic]
     replicas = {len(p.replicas) for p in meta.partitions.values()}
     assert len(replicas) == 1
     return len(meta.partitions), replicas.pop()
+
+
+def test_topics_on_a_cluster_of_two_brokers_get_two_replicas_unless_told_otherwise(capfd):
+    with Broker() as first, Broker(join=first, node_id=2) as second:
+        wait_until(lambda: len(admin(second.bootstrap).list_topics(timeout=10).brokers) == 2, 60, "two brokers")
+        prefix = f"r{uuid.uuid4().hex[:8]}."
+        settings = {"FLOWATTR_KAFKA__BROKERS": first.bootstrap, "FLOWATTR_KAFKA__RAW_TOPIC": prefix + "flows.raw",
+                    "FLOWATTR_KAFKA__FORWARD_PREFIX": prefix + "flows.forward."}
+        # The brokers' default.replication.factor is Kafka's own, 1: one copy would die with its broker.
+        ensure_topics(load_config(environ=settings))
+        assert _topic_shape(first.bootstrap, prefix + "flows.raw") == (1, 2)
+        said = capfd.readouterr().err
+        assert "replication factor 2" in said and "warning" not in said
+
+        told = {**settings, "FLOWATTR_KAFKA__RAW_TOPIC": prefix + "told.raw", "FLOWATTR_KAFKA__REPLICATION_FACTOR": "1",
+                "FLOWATTR_KAFKA__FORWARD_PREFIX": prefix + "told.forward."}
+        ensure_topics(load_config(environ=told))
+        assert _topic_shape(first.bootstrap, prefix + "told.raw") == (1, 1)
+        assert "warning: topics with a single replica on a cluster of 2 brokers" in capfd.readouterr().err
