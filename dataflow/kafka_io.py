@@ -63,13 +63,13 @@ def ensure_topics(config: Config, timeout_s: float = 30.0) -> list[str]:
     """Create the job's topics that do not exist yet, and make every input topic stamp arrival time;
     returns the topics created and says so on stderr."""
     k = config.kafka
-    errors: list[str] = []
-    admin = _admin(config, errors)
+    last_error = LastError()
+    admin = _admin(config, last_error)
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as e:
         admin.poll(0)  # serves error_cb
-        raise ConnectionError(f"cannot reach Kafka at {k.brokers}: {_reason(e, errors)}") from None
+        raise ConnectionError(f"cannot reach Kafka at {k.brokers}: {last_error.why(e)}") from None
     existing = set(metadata.topics)
     inputs = set(input_topics(config))
     missing = [t for t in all_topics(config) if t not in existing]
@@ -198,16 +198,24 @@ def partition_count(config: Config, topic: str, timeout_s: float = 30.0) -> int:
     return len(_admin(config).list_topics(topic, timeout=timeout_s).topics[topic].partitions)
 
 
-def _admin(config: Config, errors: list[str] | None = None) -> AdminClient:
-    """errors: collects the client's errors (a refused password, an untrusted certificate) in place
-    of librdkafka's log lines, which repeat every retry."""
-    extra = {} if errors is None else {"error_cb": lambda e: errors.append(e.str()), "log_level": 0}
+def _admin(config: Config, last_error: LastError | None = None) -> AdminClient:
+    extra = {} if last_error is None else {"error_cb": last_error, "log_level": 0}
     return AdminClient(client_settings(config.kafka, **extra))
 
 
-def _reason(e: KafkaException, errors: list[str]) -> str:
-    # The client's own error says why (authentication, TLS); the exception only that it timed out.
-    return errors[-1] if errors else e.args[0].str()
+class LastError:
+    """A client's error callback that keeps its latest error (a refused password, an untrusted
+    certificate), in place of librdkafka's log lines, which repeat every retry."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def __call__(self, error) -> None:
+        self.text = error.str()
+
+    def why(self, e: KafkaException) -> str:
+        # The client's own error says why; the exception only that the request timed out.
+        return self.text or e.args[0].str()
 
 
 def source(config: Config, topic: str, watch: PositionWatch | None = None) -> KafkaSource:
@@ -396,16 +404,15 @@ def sink_message(value: bytes, topic: str | None = None, key: bytes | None = Non
 
 def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 5.0, from_end: bool = False) -> Iterator[Any]:
     """Every message now in `topic` (or, following, the new ones), for `flowattr tail`."""
-    errors: list[str] = []
-    settings = {"group.id": "flowattr-tail", "enable.auto.commit": False, "log_level": 0,
-                "error_cb": lambda e: errors.append(e.str())}
+    last_error = LastError()
+    settings = {"group.id": "flowattr-tail", "enable.auto.commit": False, "log_level": 0, "error_cb": last_error}
     consumer = Consumer(client_settings(kafka, **settings))
     try:
         try:
             meta = consumer.list_topics(topic, timeout=timeout_s)
         except KafkaException as e:
             consumer.poll(0)  # serves error_cb
-            raise ConnectionError(f"cannot reach Kafka at {kafka.brokers}: {_reason(e, errors)}") from None
+            raise ConnectionError(f"cannot reach Kafka at {kafka.brokers}: {last_error.why(e)}") from None
         if meta.topics[topic].error is not None:
             raise KeyError(f"topic {topic} does not exist")
         offset = OFFSET_END if from_end else OFFSET_BEGINNING
