@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -42,6 +43,8 @@ class Endpoint:
             raise ConfigError(f"metrics.port {settings.port} on {settings.host}: {e.strerror}") from None
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
+        print(f"flowattr: /metrics, /healthz and /readyz on http://{settings.host}:{self.port}", file=sys.stderr,
+              flush=True)
         threading.Thread(target=self._server.serve_forever, name="metrics-endpoint", daemon=True).start()
 
     def close(self) -> None:
