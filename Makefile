@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit venv kafka-jars kafka-up kafka-down ebpf-deps cni-plugins bench eval k8s-render clean
+.PHONY: run test unit venv kafka-jars kafka-up kafka-down ebpf-deps cni-plugins bench eval k8s-render dashboard clean
 
 # The main job on the embedded default: a simulated fleet, no Kafka, nothing else running.
 run: $(STAMP)
@@ -67,6 +67,11 @@ bench: $(STAMP) kafka-jars ebpf-deps cni-plugins
 k8s-render: $(STAMP)
 	@mkdir -p out/k8s
 	@for d in k8s/base k8s/overlays/*/; do n=$$(basename $$d); kubectl kustomize $$d > out/k8s/$$n.yaml || exit 1; echo "out/k8s/$$n.yaml"; done
+
+# The Grafana dashboard drawn from a real local run's scraped metrics -> docs/images/dashboard.png (root).
+dashboard: $(STAMP) kafka-jars ebpf-deps
+	$(BIN)/python scripts/dashboard_picture.py record out/dashboard/recording.ndjson --minutes 4
+	$(BIN)/python scripts/dashboard_picture.py draw out/dashboard/recording.ndjson docs/images/dashboard.png
 
 clean:
 	rm -rf $(VENV) out broker/run

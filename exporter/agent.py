@@ -12,6 +12,7 @@ from dataflow.config import Config
 from exporter.capture import Capture, check_prerequisites
 from exporter.holdings import Holdings, Pair
 from exporter.identity import IdentityError, interface_addresses, read_identity
+from exporter.metrics import ExporterMetrics
 from exporter.report import Host, reporter_for
 from exporter.ship import FileShipper, KafkaShipper
 
@@ -37,10 +38,12 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
         )
     flows_total = heartbeats_total = 0
     try:
+        metrics = ExporterMetrics(config, shipper)  # /metrics, /healthz, /readyz when metrics.port is set
         capture = Capture(settings)
     except BaseException:
         shipper.close(0)
         raise
+    metrics.capturing = True
     try:
         _log(f"capturing; exporter={reporter.exporter} identity={identity} interval={settings.interval_s}s")
         records: list[dict] = []
@@ -48,13 +51,16 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
         identity_ips: set[str] = set()  # local ends of connections the host identity named
         registered, host = _look(capture, identity)
         interval_start_ns = time.monotonic_ns()
-        holdings.observe(interval_start_ns, _held(registered, host, identity_ips))
+        holdings.observe(interval_start_ns, _held(registered, host, identity_ips, metrics))
         next_poll = time.monotonic() + MAP_POLL_S
         next_report = time.monotonic() + settings.interval_s
         while True:
             stopping = stop.is_set()
             wait_ms = 0 if stopping else min(POLL_MS, max(0, int((next_report - time.monotonic()) * 1000)))
-            for conn in capture.drain(wait_ms):
+            arrived = capture.drain(wait_ms)
+            metrics.turned()
+            metrics.connections += len(arrived)
+            for conn in arrived:
                 # Named as it arrives, against the addresses the host has now.
                 record = reporter.flow(conn, host)
                 if not conn.workload and record["local_workload"]:
@@ -65,7 +71,7 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
             if not reporting:
                 if time.monotonic() >= next_poll:
                     registered, host = _look(capture, identity)
-                    holdings.observe(time.monotonic_ns(), _held(registered, host, identity_ips))
+                    holdings.observe(time.monotonic_ns(), _held(registered, host, identity_ips, metrics))
                     next_poll = time.monotonic() + MAP_POLL_S
                 continue
             next_report += settings.interval_s
@@ -77,7 +83,7 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
                 if not conn.workload and host.names(conn.local_ip, conn.netns)
             )
             now_ns = time.monotonic_ns()
-            holdings.observe(now_ns, _held(registered, host, identity_ips))
+            holdings.observe(now_ns, _held(registered, host, identity_ips, metrics))
             next_poll = time.monotonic() + MAP_POLL_S
             held = holdings.report(interval_start_ns, now_ns)
             interval_start_ns = now_ns
@@ -87,6 +93,8 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
             heartbeats_total += len(heartbeats)
             records = []
             counters = capture.counters()
+            metrics.flows, metrics.heartbeats = flows_total, heartbeats_total
+            metrics.kernel, metrics.open_connections = counters, len(open_connections)
             stats = shipper.stats
             error = shipper.last_error()
             _log(
@@ -113,12 +121,13 @@ def _look(capture: Capture, identity: str | None) -> tuple[set[Pair], Host]:
     return registered, Host(identity, addresses, capture.host_netns)
 
 
-def _held(registered: set[Pair], host: Host, identity_ips: set[str]) -> set[Pair]:
+def _held(registered: set[Pair], host: Host, identity_ips: set[str], metrics: ExporterMetrics) -> set[Pair]:
     """What this host can claim now: every workload map entry, and the host identity on each address
     that a connection named by the identity used and that is still configured on an interface of the
     host network namespace. (All interface addresses would also claim bridge and link-local addresses
     every host has.)"""
     held = set(registered)
+    metrics.workloads = len(held)
     if host.identity and identity_ips:
         identity_ips &= host.addresses  # gone from the interfaces: a new connection must show it again
         held |= {(ip, host.identity, None) for ip in identity_ips}
