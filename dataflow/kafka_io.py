@@ -338,9 +338,13 @@ def partitions_of(config: Config, timeout_s: float = 30.0) -> frozenset[tuple[st
     return frozenset(found)
 
 
-def follow_entitlements(config: Config, entitlements: Entitlements, timeout_s: float = 30.0) -> threading.Thread:
+def follow_entitlements(
+    config: Config, entitlements: Entitlements, timeout_s: float = 30.0, stop: threading.Event | None = None
+) -> threading.Thread:
     """Read the exporters topic to its end now (so the first claims are judged on the whole table), then
-    keep following it in the background. Bad entries are skipped and counted in `entitlements.rejected`."""
+    keep following it in the background until `stop` (the job: for its whole life). Bad entries are
+    skipped and counted in `entitlements.rejected`."""
+    stop = stop or threading.Event()
     topic = config.kafka.exporters_topic
     consumer = Consumer(client_settings(config.kafka, **{"group.id": "flowattr-entitlements",
                                                           "enable.auto.commit": False}))
@@ -373,10 +377,11 @@ def follow_entitlements(config: Config, entitlements: Entitlements, timeout_s: f
             take(msg)
 
     def follow() -> None:
-        while True:
-            msg = consumer.poll(1.0)
+        while not stop.is_set():
+            msg = consumer.poll(0.5)
             if msg is not None and not msg.error():
                 take(msg)
+        consumer.close()
 
     thread = threading.Thread(target=follow, name="entitlements", daemon=True)
     thread.start()

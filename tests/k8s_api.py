@@ -1,5 +1,5 @@
-"""A loopback stand-in for the two Kubernetes API reads flowattr-cni makes (GET a pod, GET a
-ReplicaSet), answering with the object shapes in tests/unit/k8s_objects. No API server runs here:
+"""A loopback stand-in for the Kubernetes API reads flowattr makes (flowattr-cni: GET a pod, GET a
+ReplicaSet; flowattr entitle: list nodes), answering with the object shapes in tests/unit/k8s_objects. No API server runs here:
 this checks flowattr's requests and its handling of the answers, not Kubernetes' behaviour."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ ROUTES = {
     "/api/v1/namespaces/shop/pods/cart-7d9f8c6b5d-x2k9q": "deployment_pod",
     "/apis/apps/v1/namespaces/shop/replicasets/cart-7d9f8c6b5d": "deployment_replicaset",
     "/api/v1/namespaces/shop/pods/orders-db-1": "statefulset_pod",
+    "/api/v1/nodes": "node_list",
 }
 
 

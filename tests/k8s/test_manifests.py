@@ -217,11 +217,18 @@ def test_recovery_dir_is_on_a_per_pod_volume_wherever_it_is_set():
         assert any(env["FLOWATTR_RECOVERY__DIR"].startswith(p + "/") and name in claims for p, name in mounts.items())
 
 
-def test_no_service_account_token_is_mounted(target):
+def test_no_service_account_token_is_mounted_but_where_nodes_are_listed(target):
     objects = render(target)
     assert all(sa["automountServiceAccountToken"] is False for sa in objects if sa["kind"] == "ServiceAccount")
     for workload in (job(objects), exporter(objects)):
         assert workload["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    # The platform's entitlement publisher reads Node objects, and may do nothing else.
+    [entitle] = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "flowattr-entitle-nodes"]
+    account = entitle["spec"]["template"]["spec"]["serviceAccountName"]
+    [binding] = [o for o in objects if o["kind"] == "ClusterRoleBinding" and o["subjects"][0]["name"] == account]
+    [role] = [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == binding["roleRef"]["name"]]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]
+    assert entitle["spec"]["template"]["spec"]["containers"][0]["args"][-4:] == ["entitle", "sync-nodes", "--every", "30"]
 
 
 def test_one_image_for_job_and_exporter(target):

@@ -3,7 +3,8 @@
 import json
 from pathlib import Path
 
-from exporter.entitlement import entitlement_record, node_entitlement
+from dataflow.entitle import entitlement_record, node_entitlement
+from dataflow.records import check_entitlement
 
 OBJECTS = Path(__file__).parent / "k8s_objects"
 
@@ -33,8 +34,10 @@ def test_a_node_without_pod_cidr_claims_only_its_addresses_and_hostnames_are_nev
     assert node_entitlement(bare) == ("node-a", ["172.18.0.3/32"])
 
 
-def test_the_entitlement_record_is_the_v2_contract_value():
-    assert entitlement_record(node()) == {
+def test_the_entitlement_record_is_the_v2_contract_value_the_job_reads():
+    record = entitlement_record(*node_entitlement(node()))
+    assert record == {
         "v": 2, "kind": "entitlement", "exporter": "node-a",
         "cidrs": ["10.244.1.0/24", "fd00:10:244:1::/64", "192.168.10.11/32", "fd00:192:168:10::11/128", "52.18.7.200/32"],
     }
+    assert check_entitlement(dict(record)) == record
