@@ -104,6 +104,15 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], *,
     return reports  # type: ignore[return-value]
 
 
+def produce_deliveries(bootstrap: str, topic: str, deliveries: Iterable, *, partition: int | None = None,
+                       timeout: float = 30.0) -> list[tuple[int, int]]:
+    """Produces a simulated fleet's messages (simulate.Delivery: arrival, key, value) in arrival order,
+    each with its key, as the exporters would have sent them."""
+    deliveries = sorted(deliveries, key=lambda m: m.arrival_ms)
+    return produce(bootstrap, topic, [m.value for m in deliveries], keys=[m.key for m in deliveries],
+                   partition=partition, timeout=timeout)
+
+
 def consume_all(bootstrap: str, topic: str, n: int | None = None,
                 timeout: float = 30.0) -> list[Record]:
     """Reads the topic from the beginning of every partition, without a consumer group's
