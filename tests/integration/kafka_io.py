@@ -68,13 +68,15 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -
 
 def produce(bootstrap: str, topic: str, values: Iterable[bytes], *,
             keys: Iterable[bytes | None] | None = None, partition: int | None = None,
-            timeout: float = 30.0) -> list[tuple[int, int]]:
+            timestamps: Iterable[int] | None = None, timeout: float = 30.0) -> list[tuple[int, int]]:
     """Produces the values in order, waits for every delivery report, and returns each message's
-    (partition, offset). Raises if any message was not delivered."""
+    (partition, offset). Raises if any message was not delivered. `timestamps` (ms) are kept only by a
+    topic with message.timestamp.type=CreateTime; one with LogAppendTime stamps its own."""
     values = list(values)
     keys = list(keys) if keys is not None else [None] * len(values)
-    if len(keys) != len(values):
-        raise ValueError(f"{len(keys)} keys for {len(values)} values")
+    stamps = list(timestamps) if timestamps is not None else [None] * len(values)
+    if not len(keys) == len(stamps) == len(values):
+        raise ValueError(f"{len(keys)} keys and {len(stamps)} timestamps for {len(values)} values")
     p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
     reports: list[tuple[int, int] | None] = [None] * len(values)
     errors: list[str] = []
@@ -87,8 +89,10 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], *,
                 reports[i] = (msg.partition(), msg.offset())
         return cb
 
-    for i, (k, v) in enumerate(zip(keys, values)):
+    for i, (k, v, stamp) in enumerate(zip(keys, values, stamps)):
         kwargs = {} if partition is None else {"partition": partition}
+        if stamp is not None:
+            kwargs["timestamp"] = stamp
         while True:
             try:
                 p.produce(topic, value=v, key=k, on_delivery=on_delivery(i), **kwargs)
@@ -105,12 +109,14 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], *,
 
 
 def produce_deliveries(bootstrap: str, topic: str, deliveries: Iterable, *, partition: int | None = None,
-                       timeout: float = 30.0) -> list[tuple[int, int]]:
+                       stamped: bool = False, timeout: float = 30.0) -> list[tuple[int, int]]:
     """Produces a simulated fleet's messages (simulate.Delivery: arrival, key, value) in arrival order,
-    each with its key, as the exporters would have sent them."""
+    each with its key, as the exporters would have sent them; `stamped`: each with its arrival as its
+    timestamp (a replay of the topic as it was recorded)."""
     deliveries = sorted(deliveries, key=lambda m: m.arrival_ms)
     return produce(bootstrap, topic, [m.value for m in deliveries], keys=[m.key for m in deliveries],
-                   partition=partition, timeout=timeout)
+                   partition=partition, timeout=timeout,
+                   timestamps=[m.arrival_ms for m in deliveries] if stamped else None)
 
 
 def consume_all(bootstrap: str, topic: str, n: int | None = None,
