@@ -48,8 +48,8 @@ HOSTILE["all"] = {k: v for overrides in HOSTILE.values() for k, v in overrides.i
 ATTRIBUTORS = {
     "flowattr": "flowattr",
     "events": "events (owner now)",
-    "events+15min": "events+15 min (owner now)",
-    "events@start+15min": "events+15 min (owner at start)",
+    "events+15min": f"events+{HOLDBACK_MS // 60_000} min (owner now)",
+    "events@start+15min": f"events+{HOLDBACK_MS // 60_000} min (owner at start)",
 }
 
 
@@ -189,16 +189,25 @@ def _table(results: list[Result], hostile: bool) -> str:
 
 def _verdict(results: list[Result]) -> str:
     wrong = [r for r in results if r.scores["flowattr"].misattributed]
+    total = sum(r.scores["flowattr"].flows for r in results)
     if not wrong:
-        total = sum(r.scores["flowattr"].flows for r in results)
-        return f"**flowattr misattributed no flow in any of the {len(results)} scenarios ({total} flows scored).**"
-    listed = "; ".join(f"{r.label}: {r.scores['flowattr'].misattributed}" for r in wrong)
-    return f"**flowattr misattributed flows in {len(wrong)} of the {len(results)} scenarios** ({listed})."
+        verdict = f"**flowattr misattributed no flow in any of the {len(results)} scenarios ({total} flows scored).**"
+    else:
+        listed = "; ".join(f"{r.label}: {r.scores['flowattr'].misattributed}" for r in wrong)
+        verdict = f"**flowattr misattributed flows in {len(wrong)} of the {len(results)} scenarios** ({listed})."
+    totals = []
+    for name, title in ATTRIBUTORS.items():
+        flows = sum(r.scores[name].misattributed for r in results)
+        scenarios = sum(1 for r in results if r.scores[name].misattributed)
+        totals.append(f"| {title} | {flows} | {scenarios} of {len(results)} |")
+    return "\n".join([verdict, "", "| attributor | misattributed flows, all scenarios | scenarios with any |",
+                      "|---|---|---|", *totals])
 
 
 def _document(command: str, grid: list[Result], hostile: list[Result], images, default: sim.Scenario,
               elapsed: float) -> str:
     image = Path(images[1]).relative_to("docs") if str(images[1]).startswith("docs") else images[1]
+    settings = load_config(environ={})
     described = "\n".join(f"- **{label}**: {text}" for label, text in
                           (_hostile(n, replace(default, **HOSTILE[n])) for n in HOSTILE if n != "all"))
     return f"""# Accuracy
@@ -219,16 +228,20 @@ events, {100 * default.cross_region_share:.0f}% of flows to a second region, {10
 IPv6. Every input message carries the time the broker would have stamped on it and its exporter's key;
 the job reads the exporters' entitlements (each host may claim the addresses its workloads were given).
 
-- **flowattr**: the dataflow of this repository, in file mode, default settings.
+- **flowattr**: the dataflow of this repository, in file mode, default settings (delay
+  {settings.attribution.delay_s:.0f} s, max wait {settings.attribution.max_wait_s:.0f} s, skew guard
+  {settings.attribution.skew_guard_ms} ms, clock bound {settings.trust.clock_bound_s:.0f} s, entitlements required).
 - **events (owner now)**: the design heartbeats replace: address -> workload from every assignment and
   unassignment event as it arrives (1-{default.event_delay_max_s:.0f} s late,
   {100 * default.event_very_late_share:.0f}% {default.event_very_late_s / 60:.0f} min late), each flow named by
   the owner when it arrives.
-- **events+15 min (owner now)**: the same with a 15-minute holdback before the lookup.
-- **events+15 min (owner at start)**: the strongest honest form of the event-based design: after a
-  15-minute holdback, the events that have arrived by then, ordered by their time, name the owner at the
+- **{ATTRIBUTORS["events+15min"]}**: the same with a {HOLDBACK_MS // 60_000}-minute holdback before the lookup.
+- **{ATTRIBUTORS["events@start+15min"]}**: the strongest honest form of the event-based design: after a
+  {HOLDBACK_MS // 60_000}-minute holdback, the events that have arrived by then, ordered by their time, name the owner at the
   flow's start (as the flow's record states it). On shared addresses the events carry the port range,
-  and the lookup uses the flow's remote port.
+  and the lookup uses the flow's remote port. Its answers come {HOLDBACK_MS // 60_000} minutes after each flow arrives; and
+  here the platform's events are complete and stamped with the true time of each assignment, which is
+  what it rests on (the simulation loses no event and gives none a wrong time).
 
 **flows**: flows whose remote address is in this region and that have a truth: the workload that owned
 the remote address (on a shared address: the remote port) at the flow's true start, or nobody.

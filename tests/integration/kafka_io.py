@@ -18,6 +18,7 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: int = 0  # ms, as the broker holds it
 
 
 def unique_name(base: str = "topic") -> str:
@@ -68,15 +69,13 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -
 
 def produce(bootstrap: str, topic: str, values: Iterable[bytes], *,
             keys: Iterable[bytes | None] | None = None, partition: int | None = None,
-            timestamps: Iterable[int] | None = None, timeout: float = 30.0) -> list[tuple[int, int]]:
+            timeout: float = 30.0) -> list[tuple[int, int]]:
     """Produces the values in order, waits for every delivery report, and returns each message's
-    (partition, offset). Raises if any message was not delivered. `timestamps` (ms) are kept only by a
-    topic with message.timestamp.type=CreateTime; one with LogAppendTime stamps its own."""
+    (partition, offset). Raises if any message was not delivered."""
     values = list(values)
     keys = list(keys) if keys is not None else [None] * len(values)
-    stamps = list(timestamps) if timestamps is not None else [None] * len(values)
-    if not len(keys) == len(stamps) == len(values):
-        raise ValueError(f"{len(keys)} keys and {len(stamps)} timestamps for {len(values)} values")
+    if len(keys) != len(values):
+        raise ValueError(f"{len(keys)} keys for {len(values)} values")
     p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
     reports: list[tuple[int, int] | None] = [None] * len(values)
     errors: list[str] = []
@@ -89,10 +88,8 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], *,
                 reports[i] = (msg.partition(), msg.offset())
         return cb
 
-    for i, (k, v, stamp) in enumerate(zip(keys, values, stamps)):
+    for i, (k, v) in enumerate(zip(keys, values)):
         kwargs = {} if partition is None else {"partition": partition}
-        if stamp is not None:
-            kwargs["timestamp"] = stamp
         while True:
             try:
                 p.produce(topic, value=v, key=k, on_delivery=on_delivery(i), **kwargs)
@@ -109,14 +106,12 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], *,
 
 
 def produce_deliveries(bootstrap: str, topic: str, deliveries: Iterable, *, partition: int | None = None,
-                       stamped: bool = False, timeout: float = 30.0) -> list[tuple[int, int]]:
+                       timeout: float = 30.0) -> list[tuple[int, int]]:
     """Produces a simulated fleet's messages (simulate.Delivery: arrival, key, value) in arrival order,
-    each with its key, as the exporters would have sent them; `stamped`: each with its arrival as its
-    timestamp (a replay of the topic as it was recorded)."""
+    each with its key, as the exporters would have sent them."""
     deliveries = sorted(deliveries, key=lambda m: m.arrival_ms)
     return produce(bootstrap, topic, [m.value for m in deliveries], keys=[m.key for m in deliveries],
-                   partition=partition, timeout=timeout,
-                   timestamps=[m.arrival_ms for m in deliveries] if stamped else None)
+                   partition=partition, timeout=timeout)
 
 
 def consume_all(bootstrap: str, topic: str, n: int | None = None,
@@ -148,7 +143,7 @@ def consume_all(bootstrap: str, topic: str, n: int | None = None,
             for m in c.consume(num_messages=1000, timeout=0.2):
                 if m.error() is not None:
                     raise KafkaException(m.error())
-                records.append(Record(m.partition(), m.offset(), m.key(), m.value()))
+                records.append(Record(m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1]))
                 next_offset[m.partition()] = m.offset() + 1
             if n is not None and len(records) < n:
                 continue
