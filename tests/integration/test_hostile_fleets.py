@@ -168,23 +168,28 @@ def run_kafka(bootstrap, fleet, folder):
               "flows": (kafka["raw_topic"], fleet.flow_messages)}
     for topic, messages in inputs.values():
         produce_deliveries(bootstrap, topic, messages)
-    expected = sum(1 for m in fleet.flow_messages for r in orjson.loads(m.value)
-                   if r["kind"] == "flow" and not r["remote_ip"].startswith(("10.1.", "fd00:0:1:")))
-    expected += sum(len(orjson.loads(m.value)) for m in fleet.forwarded_messages)
+    flows_in = sum(1 for m in fleet.flow_messages for r in orjson.loads(m.value) if r["kind"] == "flow")
+    flows_in += sum(len(orjson.loads(m.value)) for m in fleet.forwarded_messages)
     job = subprocess.Popen([sys.executable, "-m", "dataflow.cli", "--config", str(config_path), "run"], cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    topics = [kafka["attributed_topic"], config.forward_topic(sim.AWAY)]
+
+    def flows_out(records):
+        return len({a["flow_id"] for t in topics for a in records[t]})
+
     try:
-        topic = kafka["attributed_topic"]
-        out = read_records(bootstrap, [topic], timeout_s=240, settle_s=2, until=lambda r: job.poll() is not None
-                           or len({a["flow_id"] for a in r[topic]}) >= expected)[topic]
+        out = read_records(bootstrap, topics, timeout_s=240, settle_s=2,
+                           until=lambda r: job.poll() is not None or flows_out(r) >= flows_in)
     finally:
         job.send_signal(signal.SIGTERM)
         _, stderr = job.communicate(timeout=60)
-    assert len({a["flow_id"] for a in out}) == expected, stderr[-2000:]
+    # Every flow in exactly one place: answered here, or forwarded to the region of its remote end.
+    ids = [a["flow_id"] for t in topics for a in out[t]]
+    assert len(ids) == len(set(ids)) == flows_in, stderr[-2000:]
     recording = {name: stamped_messages(bootstrap, topic) for name, (topic, _) in inputs.items()}
-    return out, replace(fleet, entitlement_messages=recording["exporters"], ip_event_messages=recording["ip_events"],
-                        forwarded_messages=recording["forwarded"], flow_messages=recording["flows"])
+    return out[topics[0]], replace(fleet, entitlement_messages=recording["exporters"], flow_messages=recording["flows"],
+                                   ip_event_messages=recording["ip_events"], forwarded_messages=recording["forwarded"])
 
 
 def stamped_messages(bootstrap, topic):
