@@ -20,7 +20,7 @@ from dataflow import simulate as sim
 from dataflow.config import load_config
 from dataflow.file_io import read_outputs
 from dataflow.kafka_io import ensure_topics
-from kafka_io import consume_all, produce_deliveries, read_records
+from kafka_io import produce_fleet, read_records, timestamped
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = sim.Scenario(seed=21, duration_s=10 * 60, services=6, instances_per_service=4)
@@ -167,7 +167,7 @@ def run_kafka(bootstrap, fleet, folder):
               "forwarded": (config.forward_topic(sim.HOME), fleet.forwarded_messages),
               "flows": (kafka["raw_topic"], fleet.flow_messages)}
     for topic, messages in inputs.values():
-        produce_deliveries(bootstrap, topic, messages)
+        produce_fleet(bootstrap, topic, messages)
     flows_in = sum(1 for m in fleet.flow_messages for r in orjson.loads(m.value) if r["kind"] == "flow")
     flows_in += sum(len(orjson.loads(m.value)) for m in fleet.forwarded_messages)
     job = subprocess.Popen([sys.executable, "-m", "dataflow.cli", "--config", str(config_path), "run"], cwd=ROOT,
@@ -195,8 +195,7 @@ def run_kafka(bootstrap, fleet, folder):
 def stamped_messages(bootstrap, topic):
     """A topic's messages with the broker's timestamps, in the order a reader of all its partitions
     meets them by arrival (ties by partition, then offset)."""
-    return [sim.Delivery(r.timestamp, r.key, r.value)
-            for r in sorted(consume_all(bootstrap, topic), key=lambda r: (r.timestamp, r.partition, r.offset))]
+    return [sim.Delivery(stamp, key, value) for stamp, _, _, key, value in sorted(timestamped(bootstrap, topic))]
 
 
 @pytest.fixture(scope="module")
