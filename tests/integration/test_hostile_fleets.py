@@ -195,7 +195,7 @@ def run_kafka(bootstrap, fleet, folder):
 def stamped_messages(bootstrap, topic):
     """A topic's messages with the broker's timestamps, in the order a reader of all its partitions
     meets them by arrival (ties by partition, then offset)."""
-    return [sim.Delivery(stamp, key, value) for stamp, _, _, key, value in sorted(timestamped(bootstrap, topic))]
+    return [sim.Delivery(stamp, key or b"", value) for stamp, _, _, key, value in sorted(timestamped(bootstrap, topic))]
 
 
 @pytest.fixture(scope="module")
