@@ -98,14 +98,14 @@ def generate(scale: float, folder: Path) -> Records:
     fleet = sim.simulate(scenario)
     sim.write(fleet, folder)
     raw, raw_flows, raw_records = [], 0, 0
-    for _, value in fleet.flow_messages:
-        batch = orjson.loads(value)
-        raw.append((batch[0]["exporter"].encode(), value))
+    for message in fleet.flow_messages:
+        batch = orjson.loads(message.value)
+        raw.append((message.key, message.value))
         raw_records += len(batch)
         raw_flows += sum(1 for r in batch if r["kind"] == "flow")
-    forwarded = [v for _, v in fleet.forwarded_messages]
+    forwarded = [m.value for m in fleet.forwarded_messages]
     forwarded_flows = sum(len(orjson.loads(v)) for v in forwarded)
-    return Records(fleet, scenario, folder, raw, forwarded, [v for _, v in fleet.ip_event_messages],
+    return Records(fleet, scenario, folder, raw, forwarded, [m.value for m in fleet.ip_event_messages],
                    raw_flows, raw_records, forwarded_flows)
 
 
@@ -468,8 +468,8 @@ def latency(bootstrap: str, workdir: Path, seconds: int, rate_scale: float) -> d
     )
     fleet = sim.simulate(scenario)
     # Batches the fleet would have sent before its first moment belong to no one's run: dropped.
-    messages = [(arrival, value) for arrival, value in fleet.flow_messages if arrival >= start_ms]
-    forwarded = [(arrival, value) for arrival, value in fleet.forwarded_messages if arrival >= start_ms]
+    messages = [(m.arrival_ms, m.value) for m in fleet.flow_messages if m.arrival_ms >= start_ms]
+    forwarded = [(m.arrival_ms, m.value) for m in fleet.forwarded_messages if m.arrival_ms >= start_ms]
     prefix = "live."
     config = job_config(bootstrap, prefix, shared=prefix, delay_s=LIVE_DELAY_S, max_wait_s=LIVE_MAX_WAIT_S)
     config = replace(config, kafka=replace(config.kafka, starting_offset="end"))
