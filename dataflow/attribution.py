@@ -116,6 +116,7 @@ class Shard:
         self.late = 0  # works read after the clock had passed their arrival (applied at once)
         self.peers = PeerClocks(self.guard_ms, clock_bound_ms)
         self.refused_claims = 0  # claims of exporters whose clocks their peers contradict
+        self.claimers: dict[tuple[str, str], tuple[str, str]] = {}  # one shared (workload, exporter) each
         self.ranges: dict[str, list] = {}
         self.port_ranges: dict[str, dict[Ports, list]] = {}  # shared IPv4 addresses, by port range
         self.events: dict[str, list] = {}
@@ -210,8 +211,7 @@ class Shard:
             kind = type(item)
             if kind is Claim:
                 ip = item.ip
-                offset = self.peers.offset(item.exporter)
-                if offset is None:
+                if self.peers.offset(item.exporter) is None:
                     self.refused_claims += 1
                     continue
                 if item.ports is None:
@@ -225,7 +225,7 @@ class Shard:
                     spans = by_port.get(item.ports)
                     if spans is None:
                         spans = by_port[item.ports] = []
-                ownership.claim(spans, item.workload, item.start - offset, item.end - offset, self.max_ranges)
+                ownership.claim(spans, self._claimer(item.workload, item.exporter), item.start, item.end, self.max_ranges)
             elif kind is Connection:
                 key = item.key
                 reports = self.connections.get(key)
@@ -297,6 +297,10 @@ class Shard:
                 self.waiting.pop(ip, None)
             decided.append(self._answer(p, final=True) or _no_owner(p.flow))
 
+    def _claimer(self, workload: str, exporter: str) -> tuple[str, str]:
+        pair = (workload, exporter)
+        return self.claimers.setdefault(pair, pair)
+
     def _sample_clocks(self, p: Pending) -> None:
         """The other host's report of this same connection, if it came, shows how the two clocks differ."""
         p.sampled = True
@@ -329,21 +333,24 @@ class Shard:
         shared = ip in self.port_ranges
         spans = self._spans_for(ip, port) if shared else self.ranges.get(ip)
         reports = self.connections.get((ip, port, flow["local_ip"], flow["local_port"]))
+        clock, reach = self.peers.clock, self.peers.bound_ms
+        looker = clock(flow["exporter"])
+        guard = self.guard_ms + (looker[1] if looker else 0)  # how far the flow's own start may be off
         if reports:
             names = set()
             for s, w, exporter in reports:
-                offset = self.peers.offset(exporter)
-                if offset is not None and abs(s - offset - start) <= self.window_ms:
+                reporter = clock(exporter)
+                if reporter is not None and abs(s - reporter[0] - start) <= self.window_ms + guard - self.guard_ms + reporter[1]:
                     names.add(w)
             if len(names) > 1:
                 return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
             if names:
                 name = names.pop()
-                if spans and ownership.contradicted(spans, name, start, self.guard_ms):
+                if spans and ownership.contradicted(spans, name, start, guard, clock, reach):
                     return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
                 return attributed(flow, ATTRIBUTED_OUTCOME, name, None, "heartbeat", "connection")
         if spans:
-            owner = ownership.owner_at(spans, start, self.guard_ms)
+            owner = ownership.owner_at(spans, start, guard, clock, reach)
             if owner is ownership.CONFLICT:
                 return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
             if owner is None:
@@ -355,7 +362,11 @@ class Shard:
         # late unassignment would have had time to arrive.
         events = self.events.get(ip)
         if events and (self.now_ms >= p.settle or final):
-            owner = ownership.assigned_at(events, start)
+            # The flow's start is on a host's clock: an assignment that changed within the guard of it
+            # may have changed before or after it.
+            owner = ownership.assigned_at(events, start - guard)
+            if owner != ownership.assigned_at(events, start + guard):
+                return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="ip_event")
             if owner is not None:
                 return attributed(flow, ATTRIBUTED_OUTCOME, owner, None, "ip_event", "event")
         return None

@@ -91,6 +91,10 @@ class PeerClocks:
         self.guard_ms = guard_ms
         self.bound_ms = bound_ms
         self.samples: dict[str, deque[int]] = {}
+        self.medians: dict[str, int] = {}  # of exporters with enough samples
+        # The largest offset seen among exporters whose clocks are known: how far an exporter not yet
+        # known may be off. It only grows, so the same evidence always gives the same answers.
+        self.spread = 0
 
     def observe(self, looker: str, reporter: str, difference_ms: int) -> None:
         """One connection: the reporter's start minus the looker's start for the same connection."""
@@ -101,17 +105,31 @@ class PeerClocks:
             if samples is None:
                 samples = self.samples[exporter] = deque(maxlen=self.SAMPLES)
             samples.append(sample)
+            if len(samples) >= self.MIN_SAMPLES:
+                median = sorted(samples)[len(samples) // 2]
+                self.medians[exporter] = median
+                if abs(median) <= self.bound_ms:
+                    self.spread = max(self.spread, abs(median))
 
     def offset(self, exporter: str) -> int | None:
         """ms the exporter's clock runs ahead (0 within the guard or unknown); None beyond the bound."""
-        samples = self.samples.get(exporter)
-        if samples is None or len(samples) < self.MIN_SAMPLES:
+        median = self.medians.get(exporter)
+        if median is None:
             return 0
-        ordered = sorted(samples)
-        median = ordered[len(ordered) // 2]
         if abs(median) > self.bound_ms:
             return None
         return median if abs(median) > self.guard_ms else 0
+
+    def clock(self, exporter: str) -> tuple[int, int] | None:
+        """(offset, slack): the correction for the exporter's times and how far off they may still be
+        beyond the guard (an exporter not known yet may be off as far as any known one); None when its
+        clock is not to be believed."""
+        offset = self.offset(exporter)
+        if offset is None:
+            return None
+        if exporter in self.medians:
+            return offset, 0
+        return 0, max(0, self.spread - self.guard_ms)
 
     def untrusted(self) -> list[str]:
         return sorted(e for e in self.samples if self.offset(e) is None)
