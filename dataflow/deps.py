@@ -180,24 +180,47 @@ def _check_matplotlib() -> None:
 
 
 def draw_dependencies(edges: list[Edge], path: Path, title: str) -> Path:
-    """Workloads on a circle, an arrow per edge from caller to callee, as thick as its flow count."""
+    """Two panels: the graph (workloads on a circle, an arrow from caller to callee in the caller's colour,
+    as thick as its connection count) and the same edges as a caller x callee matrix with the counts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     nodes = sorted({e.caller for e in edges} | {e.callee for e in edges})
-    size = max(6.0, 1.1 * math.sqrt(max(len(nodes), 1)) * 2.2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    where = circle(nodes)
+    callers = sorted({e.caller for e in edges})
+    callees = sorted({e.callee for e in edges})
+    side = max(6.0, 0.45 * len(nodes) + 2)
+    fig, (graph, matrix) = plt.subplots(1, 2, figsize=(2 * side + 1, side), gridspec_kw={"width_ratios": [1, 1]})
+    palette = plt.get_cmap("tab20")
+    colour = {name: matplotlib.colors.to_hex(palette(i % 20)) for i, name in enumerate(callers)}
     heaviest = max([e.flows for e in edges] + [1])
-    arrows = [
-        Arrow(e.caller, e.callee, width=0.8 + 4 * math.log1p(e.flows) / math.log1p(heaviest),
-              label=f"{e.flows}" if len(edges) <= 40 else None)
-        for e in edges
-    ]
-    draw(ax, where, arrows, {n: NodeStyle() for n in nodes})
-    ax.set_title(title + "\n(arrow: caller -> callee, width and label: connections)", fontsize=10)
+    weight = {e: math.log1p(e.flows) / math.log1p(heaviest) for e in edges}
+    arrows = [Arrow(e.caller, e.callee, width=0.6 + 3.5 * weight[e], color=colour[e.caller], alpha=0.3 + 0.6 * weight[e])
+              for e in edges]
+    styles = {n: NodeStyle(color=colour.get(n, "black")) for n in nodes}
+    draw(graph, circle(nodes), arrows, styles)
+    graph.set_title("caller -> callee (arrow in the caller's colour, width: connections)", fontsize=10)
+
+    counts = [[0] * len(callees) for _ in callers]
+    for e in edges:
+        counts[callers.index(e.caller)][callees.index(e.callee)] = e.flows
+    shown = [[n if n else float("nan") for n in row] for row in counts]
+    matrix.imshow(shown, cmap="Blues", norm=LogNorm(vmin=1, vmax=heaviest), aspect="auto")
+    for r, row in enumerate(counts):
+        for c, n in enumerate(row):
+            if n:
+                matrix.text(c, r, str(n), ha="center", va="center", fontsize=7,
+                            color="white" if n > heaviest ** 0.6 else "black")
+    matrix.set_xticks(range(len(callees)), callees, rotation=60, ha="right", fontsize=8)
+    matrix.set_yticks(range(len(callers)), callers, fontsize=8)
+    for label in matrix.get_yticklabels():
+        label.set_color(colour[label.get_text()])
+    matrix.set_xlabel("callee")
+    matrix.set_ylabel("caller")
+    matrix.set_title("connections per edge", fontsize=10)
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, metadata={"Date": None} if path.suffix == ".svg" else None)
@@ -227,6 +250,7 @@ class Arrow:
     color: str = "tab:blue"
     style: str = "-"
     label: str | None = None
+    alpha: float = 0.8
     bend: float = 0.12  # curved, so that a -> b and b -> a do not lie on one another
 
 
@@ -236,7 +260,7 @@ def draw(ax, where: Mapping[str, tuple[float, float]], arrows: list[Arrow], node
         (x0, y0), (x1, y1) = where[a.source], where[a.target]
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                     arrowprops={"arrowstyle": "-|>", "color": a.color, "linestyle": a.style, "lw": a.width,
-                                "alpha": 0.75, "shrinkA": 22, "shrinkB": 22, "mutation_scale": 14,
+                                "alpha": a.alpha, "shrinkA": 18, "shrinkB": 18, "mutation_scale": 12,
                                 "connectionstyle": f"arc3,rad={a.bend}"})
         if a.label:
             # The curve's middle: the chord's middle pushed sideways by the bend.
