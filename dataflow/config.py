@@ -26,6 +26,11 @@ class KafkaConfig:
     forward_prefix: str = "flows.forward."
     # Topics the job creates when missing; existing topics keep their partition count.
     partitions: int = 6
+    # Compacted: which addresses each exporter may claim, written by a trusted platform component.
+    exporters_topic: str = "exporters"
+    # A reader that has caught up with a partition vouches for it up to this long before now: the
+    # broker's and this host's clocks, and a fetch in flight, may differ by that much.
+    caught_up_margin_ms: int = 2000
     # Without recovery, a restarted job reads from here: "beginning" (backfill) or "end".
     starting_offset: str = "beginning"
     batch_size: int = 1000
@@ -46,11 +51,18 @@ class AttributionConfig:
     # past the flow's start (at most max_wait_s), so that an unassignment already made has arrived.
     event_settle_s: float = 120.0
     shards: int = 128
-    # Without any input for this long, event time follows the wall clock. Longer than a stall of a
-    # busy job (which would otherwise give up lookups early), short next to max_wait_s.
-    idle_advance_s: float = 15.0
     max_future_s: float = 3600.0
     max_age_s: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    # 1: an exporter's claim on an address counts only within its entitlement ([entitlements] and the
+    # exporters topic). 0 believes every host, for a fleet whose exporters are all trusted.
+    require_entitlement: int = 1
+    # An exporter whose clock is off by more than this (judged from its messages' arrival) is not
+    # believed at all; within it, its times are corrected.
+    clock_bound_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -104,8 +116,11 @@ class Config:
     region: str = "local"
     # region name -> list of CIDRs; a remote address in none of them is external.
     regions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # exporter id -> CIDRs it may claim (besides those the exporters topic grants).
+    entitlements: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
@@ -142,6 +157,7 @@ class Config:
 _SECTIONS = {
     "kafka": KafkaConfig,
     "attribution": AttributionConfig,
+    "trust": TrustConfig,
     "exporter": ExporterConfig,
     "files": FilesConfig,
     "recovery": RecoveryConfig,
@@ -194,7 +210,7 @@ def _set(settings: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _build(settings: Mapping[str, Any]) -> Config:
-    known = {"region", "regions", *_SECTIONS}
+    known = {"region", "regions", "entitlements", *_SECTIONS}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
@@ -204,18 +220,21 @@ def _build(settings: Mapping[str, Any]) -> Config:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"[{name}] must be a table")
         sections[name] = _build_section(name, cls, raw)
-    regions = settings.get("regions", {})
-    if not isinstance(regions, Mapping) or not all(
-        isinstance(cidrs, (list, tuple)) for cidrs in regions.values()
-    ):
-        raise ConfigError("[regions] maps each region name to a list of CIDRs")
     config = Config(
         region=str(settings.get("region", Config.region)),
-        regions={str(r): tuple(str(c) for c in cidrs) for r, cidrs in regions.items()},
+        regions=_cidr_table(settings, "regions", "region name"),
+        entitlements=_cidr_table(settings, "entitlements", "exporter id"),
         **sections,
     )
     _check(config)
     return config
+
+
+def _cidr_table(settings: Mapping[str, Any], name: str, what: str) -> dict[str, tuple[str, ...]]:
+    table = settings.get(name, {})
+    if not isinstance(table, Mapping) or not all(isinstance(cidrs, (list, tuple)) for cidrs in table.values()):
+        raise ConfigError(f"[{name}] maps each {what} to a list of CIDRs")
+    return {str(k): tuple(str(c) for c in cidrs) for k, cidrs in table.items()}
 
 
 def _build_section(section: str, cls: type, raw: Mapping[str, Any]):
@@ -251,3 +270,5 @@ def _check(config: Config) -> None:
         raise ConfigError("kafka.starting_offset must be 'beginning' or 'end'")
     if config.exporter.interval_s <= 0:
         raise ConfigError("exporter.interval_s must be > 0")
+    if config.trust.clock_bound_s <= 0 or config.trust.require_entitlement not in (0, 1):
+        raise ConfigError("trust.clock_bound_s must be > 0 and trust.require_entitlement 0 or 1")
