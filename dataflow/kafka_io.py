@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -154,7 +155,7 @@ class ArrivalSource(KafkaSource):
         return _CaughtUpPartition(super().build_part(step_id, for_part, resume_state), self.margin_ms)
 
 
-class _CaughtUpPartition:
+class _CaughtUpPartition(StatefulSourcePartition):
     """Wraps Bytewax's partition reader (0.21: its consumer and next offset are `_consumer`, `_offset`)."""
 
     def __init__(self, inner, margin_ms: int):

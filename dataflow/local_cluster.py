@@ -23,6 +23,8 @@ DEFAULT_RUN_DIR = "out/local"
 # form their cluster exit within it.
 SETTLE_S = 3.0
 STOP_TIMEOUT_S = 60.0
+# A cluster that keeps failing is restarted after a pause that doubles up to this, as the kubelet does.
+MAX_BACKOFF_S = 60.0
 
 
 @dataclass
@@ -108,14 +110,18 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         try:
+            backoff = 1.0
             while not self.stop:
+                started = time.monotonic()
                 self._start()
                 ended_alone = self._watch()
                 self._stop_children()
                 if ended_alone:
                     self.status.restarts += 1
-                    self._say(f"a process exited on its own: restarting all {self.status.processes} from recovery")
-                    time.sleep(1.0)
+                    backoff = 1.0 if time.monotonic() - started > 2 * MAX_BACKOFF_S else min(2 * backoff, MAX_BACKOFF_S)
+                    self._say(f"a process exited on its own (see {self.run_dir}/logs): restarting all "
+                              f"{self.status.processes} from recovery in {backoff:.0f} s")
+                    self._pause(backoff)
                 if self.rescale:
                     self.rescale = False
                     desired = read_json(self.run_dir / DESIRED_FILE) or {}
@@ -175,6 +181,11 @@ class Supervisor:
                 c.kill()
                 c.wait()
         self.children = []
+
+    def _pause(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until and not (self.stop or self.rescale):
+            time.sleep(0.1)
 
     def _on_rescale(self, signum, frame) -> None:
         self.rescale = True
