@@ -24,6 +24,8 @@ from kafka_io import produce, read_records
 ROOT = Path(__file__).resolve().parents[2]
 FLOWATTR = [sys.executable, "-m", "dataflow.cli"]
 pytestmark = pytest.mark.kafka
+# The job reads FLOWATTR_* settings: none of the test session's own (FLOWATTR_KAFKA_BOOTSTRAP).
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("FLOWATTR_")}, "PYTHONPATH": str(ROOT)}
 
 
 def write_config(path, bootstrap, prefix):
@@ -70,7 +72,7 @@ def test_rescaled_1_2_1_processes_mid_stream_loses_nothing_and_answers_alike(kaf
               for i in range(3)]
 
     run_dir = tmp_path / "local"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLOWATTR_RECOVERY__SNAPSHOT_S": "1"}
+    env = {**ENV, "FLOWATTR_RECOVERY__SNAPSHOT_S": "1"}
     log = open(tmp_path / "supervisor.log", "w")
     supervisor = subprocess.Popen([*FLOWATTR, "--config", str(config_path), "run", "--processes", "1",
                                    "--run-dir", str(run_dir), "--summary-every", "5"],

@@ -23,11 +23,13 @@ from kafka_io import produce
 ROOT = Path(__file__).resolve().parents[2]
 FLOWATTR = [sys.executable, "-m", "dataflow.cli"]
 pytestmark = pytest.mark.kafka
+# The job reads FLOWATTR_* settings: none of the test session's own (FLOWATTR_KAFKA_BOOTSTRAP).
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("FLOWATTR_")}, "PYTHONPATH": str(ROOT)}
 
 
 def flowattr(*args, timeout=120):
     return subprocess.run([*FLOWATTR, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env=ENV)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,7 @@ def test_tail_since_and_from_end_start_where_they_say(kafka_bootstrap, kafka_top
 
     follower = subprocess.Popen([*FLOWATTR, "tail", topic, "--brokers", kafka_bootstrap, "--from-end", "-o", "json"],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                env=ENV)
     try:
         time.sleep(8)  # started and past its start offsets (they are the ends it read, not "latest" later)
         produce(kafka_bootstrap, topic, [orjson.dumps({"n": 4}), orjson.dumps([{"n": 5}, {"n": 6}])], partition=0)
