@@ -42,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the local deployment's folder: status, logs, recovery")
     run.set_defaults(handler=_run)
 
-    simulate = sub.add_parser("simulate", help="write a simulated fleet's input files and its truth")
-    simulate.add_argument("output", help="folder to write")
+    simulate = sub.add_parser("simulate", help="write a simulated fleet's input files and its truth, "
+                              "or publish it to Kafka as it happens (--brokers)")
+    simulate.add_argument("output", nargs="?", help="folder to write")
+    simulate.add_argument("--brokers", help="publish to Kafka instead, each batch when it arrives, starting now")
+    simulate.add_argument("--interval-s", type=int, default=sim.Scenario.interval_s,
+                          help="seconds between a host's reports (attribution.delay_s should exceed it)")
     simulate.add_argument("--seed", type=int, default=sim.Scenario.seed)
     simulate.add_argument("--minutes", type=int, default=sim.Scenario.duration_s // 60)
     simulate.add_argument("--start-ms", type=int, help="simulated start (default: that many minutes ago)")
@@ -189,8 +193,23 @@ def _embedded(config: Config):
 
 def _simulate(args, config: Config) -> int:
     minutes = args.minutes
+    if args.brokers:
+        from dataflow.publish import publish
+
+        # Live: the fleet starts now and every batch is sent when it arrives.
+        scenario = sim.Scenario(seed=args.seed, start_ms=int(time.time() * 1000), duration_s=minutes * 60,
+                                interval_s=args.interval_s)
+        fleet = sim.simulate(scenario)
+        # The simulated fleet lives in region us-east, whatever this configuration's region.
+        print(f"flowattr simulate: {fleet.records} flow reports over {minutes} min to Kafka {config.kafka.brokers}, "
+              f"region {sim.HOME}", flush=True)
+        sent = publish(replace(config, region=sim.HOME), fleet, lambda line: print(line, flush=True))
+        print(f"flowattr simulate: {sent} batches sent")
+        return 0
+    if not args.output:
+        raise ConfigError("give a folder to write, or --brokers HOST:PORT to publish to Kafka")
     start_ms = args.start_ms if args.start_ms is not None else (int(time.time()) // 60 - minutes - 5) * 60_000
-    scenario = sim.Scenario(seed=args.seed, start_ms=start_ms, duration_s=minutes * 60)
+    scenario = sim.Scenario(seed=args.seed, start_ms=start_ms, duration_s=minutes * 60, interval_s=args.interval_s)
     fleet = sim.simulate(scenario)
     folder = sim.write(fleet, args.output)
     print(f"{fleet.records} flow reports, {len(fleet.truth)} with known truth -> {folder}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterator
 
 import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
@@ -280,26 +279,3 @@ def sink(config: Config, topic: str | None) -> KafkaSink:
 
 def sink_message(value: bytes, topic: str | None = None, key: bytes | None = None) -> KafkaSinkMessage:
     return KafkaSinkMessage(key, value, topic=topic)
-
-
-def read_topic(brokers: str, topic: str, timeout_s: float = 5.0, from_end: bool = False) -> Iterator[Any]:
-    """Every message now in `topic` (or, following, the new ones), for `flowattr tail`."""
-    consumer = Consumer(
-        {"bootstrap.servers": brokers, "group.id": "flowattr-tail", "enable.auto.commit": False}
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout_s)
-        if meta.topics[topic].error is not None:
-            raise KeyError(f"topic {topic} does not exist")
-        offset = OFFSET_END if from_end else OFFSET_BEGINNING
-        consumer.assign([TopicPartition(topic, p, offset) for p in meta.topics[topic].partitions])
-        while True:
-            msg = consumer.poll(timeout_s)
-            if msg is None:
-                yield None
-                continue
-            if msg.error():
-                raise KafkaException(msg.error())
-            yield msg
-    finally:
-        consumer.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from dataflow.config import Config, ConfigError
 

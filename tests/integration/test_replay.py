@@ -8,19 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from dataflow import simulate as sim
 from dataflow.config import load_config
+from dataflow.publish import publish
 from dataflow.kafka_io import ensure_topics
-from kafka_io import consume_all, produce, read_records
+from kafka_io import consume_all, read_records
 from tests.integration.test_local_scale import flows_of, is_away, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,18 +27,6 @@ FLOWATTR = [sys.executable, "-m", "dataflow.cli"]
 pytestmark = pytest.mark.kafka
 # The job reads FLOWATTR_* settings: none of the test session's own (FLOWATTR_KAFKA_BOOTSTRAP).
 ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("FLOWATTR_")}, "PYTHONPATH": str(ROOT)}
-
-
-def produce_as_they_arrive(bootstrap, timed):
-    """(arrival ms, topic, key, value) produced at their arrival on the wall clock, in order."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
-    for arrival, topic, key, value in sorted(timed, key=lambda m: m[0]):
-        wait = arrival / 1000 - time.time()
-        if wait > 0:
-            producer.flush(10)
-            time.sleep(wait)
-        producer.produce(topic, value, key=key)
-    assert producer.flush(30) == 0
 
 
 def outcome(a):
@@ -54,21 +41,13 @@ def test_replay_of_a_range_answers_its_flows_as_the_live_job_did(kafka_bootstrap
     config = load_config(config_path, environ={})
     ensure_topics(config)
     k = config.kafka
-    entitled = sim.entitlements(fleet)
-    produce(kafka_bootstrap, k.exporters_topic, [orjson.dumps(e) for e in entitled],
-            keys=[e["exporter"].encode() for e in entitled])
-    produce(kafka_bootstrap, k.ip_events_topic, [v for _, v in fleet.ip_event_messages])
-    timed = [(a, k.raw_topic, sim.message_key(v), v) for a, v in fleet.flow_messages]
-    timed += [(a, config.forward_topic(sim.HOME), None, v) for a, v in fleet.forwarded_messages]
     expected = {f["flow_id"] for f in flows_of(fleet.flow_messages) if not is_away(f)}
     expected |= {f["flow_id"] for f in flows_of(fleet.forwarded_messages)}
 
     job = subprocess.Popen([*FLOWATTR, "--config", str(config_path), "run"], cwd=ROOT, env=ENV,
                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "job.err", "w"))
     try:
-        producing = threading.Thread(target=produce_as_they_arrive, args=(kafka_bootstrap, timed))
-        producing.start()
-        producing.join()
+        publish(config, fleet, say=lambda line: None)  # each batch at its arrival time, as hosts send them
         live = read_records(kafka_bootstrap, [k.attributed_topic], timeout_s=180, settle_s=3,
                             until=lambda r: {a["flow_id"] for a in r[k.attributed_topic]} >= expected)
     finally:
