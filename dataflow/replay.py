@@ -205,8 +205,8 @@ class Replay:
             "external": outcomes["external"],
             "written": written,
             "outside range": {f"started {k}": v for k, v in sorted(self.outside.items())},
-            "not forwarded": {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("forwarded.")},
-            "not dead-lettered": {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("dead.")},
+            "not re-forwarded": {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("forwarded.")},
+            "dead not resent": {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("dead.")},
             "undecided": self.undecided,
         }
 
