@@ -193,8 +193,9 @@ def draw_dependencies(edges: list[Edge], path: Path, title: str) -> Path:
     callees = sorted({e.callee for e in edges})
     side = max(6.0, 0.45 * len(nodes) + 2)
     fig, (graph, matrix) = plt.subplots(1, 2, figsize=(2 * side + 1, side), gridspec_kw={"width_ratios": [1, 1]})
-    palette = plt.get_cmap("tab20")
-    colour = {name: matplotlib.colors.to_hex(palette(i % 20)) for i, name in enumerate(callers)}
+    # Strong colours only (tab20's pale halves vanish on white): tab10, then Dark2.
+    palette = [matplotlib.colors.to_hex(c) for name in ("tab10", "Dark2") for c in plt.get_cmap(name).colors]
+    colour = {name: palette[i % len(palette)] for i, name in enumerate(callers)}
     heaviest = max([e.flows for e in edges] + [1])
     weight = {e: math.log1p(e.flows) / math.log1p(heaviest) for e in edges}
     arrows = [Arrow(e.caller, e.callee, width=0.6 + 3.5 * weight[e], color=colour[e.caller], alpha=0.3 + 0.6 * weight[e])

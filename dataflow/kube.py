@@ -42,6 +42,25 @@ def statefulset(namespace: str = NAMESPACE) -> dict[str, Any]:
     return orjson.loads(kubectl("-n", namespace, "get", "statefulset", STATEFULSET, "-o", "json"))
 
 
+def observed_statefulset(namespace: str = NAMESPACE, timeout_s: float = 60.0) -> dict[str, Any]:
+    """The StatefulSet once its controller has seen its latest spec (so its updateRevision is the new one)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        sts = statefulset(namespace)
+        if sts.get("status", {}).get("observedGeneration", 0) >= sts["metadata"]["generation"]:
+            return sts
+        if time.monotonic() > deadline:
+            raise KubeError(f"the StatefulSet controller did not take the new spec within {timeout_s:.0f} s")
+        time.sleep(1.0)
+
+
+def outdated_pods(sts: dict[str, Any], namespace: str = NAMESPACE) -> list[str]:
+    """Job pods not of the StatefulSet's newest revision."""
+    revision = sts["status"].get("updateRevision")
+    pods = orjson.loads(kubectl("-n", namespace, "get", "pod", "-l", JOB_PODS, "-o", "json"))["items"]
+    return [p["metadata"]["name"] for p in pods if p["metadata"]["labels"].get("controller-revision-hash") != revision]
+
+
 def restart_job(namespace: str = NAMESPACE) -> None:
     """Every job pod at once: the StatefulSet (updateStrategy OnDelete) recreates them from its new spec."""
     kubectl("-n", namespace, "delete", "pod", "-l", JOB_PODS, "--wait=false")

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from dataflow.config import Config, ConfigError
-from dataflow.kube import NAMESPACE, REPLICAS_ENV, current_context, kubectl, restart_job, statefulset
-from dataflow.kube import wait_until_running, with_workers
+from dataflow.kube import NAMESPACE, REPLICAS_ENV, current_context, kubectl, observed_statefulset, restart_job
+from dataflow.kube import statefulset, wait_until_running, with_workers
 from dataflow.local_cluster import DEFAULT_RUN_DIR, request_scale, supervisor_pid
 
 EXAMPLES = """examples:
@@ -50,6 +50,7 @@ def scale_command(args, config: Config) -> int:
     sts = statefulset(args.namespace)
     before = sts["spec"]["replicas"]
     kubectl("replace", "-f", "-", stdin=orjson.dumps(rescaled(sts, args.processes, args.workers)).decode())
+    observed_statefulset(args.namespace)
     restart_job(args.namespace)
     wait_until_running(args.processes, args.namespace, args.timeout)
     print(f"flowattr scale: {context}: statefulset {args.namespace}/{sts['metadata']['name']} "

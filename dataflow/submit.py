@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from dataflow.config import Config, ConfigError
-from dataflow.kube import NAMESPACE, REPLICAS_ENV, STATEFULSET, current_context, kubectl, restart_job, statefulset
-from dataflow.kube import wait_until_running, with_workers
+from dataflow.kube import NAMESPACE, REPLICAS_ENV, STATEFULSET, current_context, kubectl, observed_statefulset
+from dataflow.kube import outdated_pods, restart_job, wait_until_running, with_workers
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "k8s"
 EXAMPLES = """examples:
@@ -52,10 +52,9 @@ def submit_command(args, config: Config) -> int:
         sys.stdout.write(manifests)
         return 0
     print(kubectl("apply", "-f", "-", stdin=manifests), end="")
-    sts = statefulset(NAMESPACE)
+    sts = observed_statefulset(NAMESPACE)
     replicas = sts["spec"]["replicas"]
-    status = sts.get("status", {})
-    if status.get("currentRevision") != status.get("updateRevision") and status.get("replicas", 0) > 0:
+    if outdated_pods(sts, NAMESPACE):
         # updateStrategy OnDelete: the old pods keep running the old spec until deleted, all together.
         print(f"flowattr submit: restarting every {STATEFULSET} pod with the new spec")
         restart_job(NAMESPACE)
