@@ -51,7 +51,10 @@ def is_away(flow):
     return flow["remote_ip"].startswith(("10.1.", "fd00:0:1:"))
 
 
-def test_rescaled_1_2_1_processes_mid_stream_loses_nothing_and_answers_alike(kafka_bootstrap, tmp_path):
+# A snapshot every second: each rescale resumes from moments before it. Every minute: the rescales come
+# before the first snapshot, so each generation reads everything again and must answer every flow alike.
+@pytest.mark.parametrize("snapshot_s", [1, 60])
+def test_rescaled_1_2_1_processes_mid_stream_loses_nothing_and_answers_alike(kafka_bootstrap, tmp_path, snapshot_s):
     start = (int(time.time()) // 60 - 12) * 60_000
     fleet = sim.simulate(sim.Scenario(seed=21, start_ms=start, duration_s=6 * 60, interval_s=10, mean_delay_s=1.0,
                                       late_delay_s=15.0))
@@ -72,7 +75,7 @@ def test_rescaled_1_2_1_processes_mid_stream_loses_nothing_and_answers_alike(kaf
               for i in range(3)]
 
     run_dir = tmp_path / "local"
-    env = {**ENV, "FLOWATTR_RECOVERY__SNAPSHOT_S": "1"}
+    env = {**ENV, "FLOWATTR_RECOVERY__SNAPSHOT_S": str(snapshot_s)}
     log = open(tmp_path / "supervisor.log", "w")
     supervisor = subprocess.Popen([*FLOWATTR, "--config", str(config_path), "run", "--processes", "1",
                                    "--run-dir", str(run_dir), "--summary-every", "5"],
@@ -127,8 +130,6 @@ def test_rescaled_1_2_1_processes_mid_stream_loses_nothing_and_answers_alike(kaf
     differing = {fid: s for fid, s in seen.items() if len(s) > 1}
     assert differing == {}
     repeated = len(answers) - len(seen)
-    # Each rescale comes while answers are being decided, after the last snapshot: the new processes
-    # decide those flows again, which is what the comparison above is about.
-    assert repeated > 0
-    print(f"{len(answers)} answers for {len(seen)} flows ({repeated} repeated after the restarts), "
-          f"{sum(a['outcome'] == 'attributed' for a in answers)} attributed")
+    if snapshot_s == 60:
+        assert repeated >= len(expected) // 3  # the first third at least was answered again
+
