@@ -4,7 +4,11 @@ answered it, into its own topic, leaving the live topics as they were."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import struct
+import termios
 import signal
 import subprocess
 import sys
@@ -27,6 +31,26 @@ FLOWATTR = [sys.executable, "-m", "dataflow.cli"]
 pytestmark = pytest.mark.kafka
 # The job reads FLOWATTR_* settings: none of the test session's own (FLOWATTR_KAFKA_BOOTSTRAP).
 ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("FLOWATTR_")}, "PYTHONPATH": str(ROOT)}
+
+
+def on_a_terminal(command, timeout_s=300):
+    """What the command writes to a terminal (a pseudo-terminal 110 columns wide), both streams."""
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 110, 0, 0))
+    proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdin=side, stdout=side, stderr=side, close_fds=True)
+    os.close(side)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the command closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    assert proc.wait(timeout=timeout_s) == 0, out.decode(errors="replace")
+    return out.decode()
 
 
 def outcome(a):
@@ -77,6 +101,13 @@ def test_replay_of_a_range_answers_its_flows_as_the_live_job_did(kafka_bootstrap
     assert rows["written"] == rows["flows answered"] == len(in_range)
     assert rows["undecided"] == 0
     assert rows["not re-forwarded"] > 0  # cross-region flows were read, and not sent again
+
+    # On a terminal, a progress bar: its last state has read every message, at a rate, none left.
+    shown = on_a_terminal([*FLOWATTR, "--config", str(config_path), "replay", "--from", str(lo), "--to", str(hi),
+                           "--sink", sink + "-2"])
+    bar = [part for part in shown.replace("\r\n", "\n").split("\r") if part.startswith("replay:")][-1]
+    read = rows["messages read"]
+    assert f"{read}/{read} [" in bar and "msg/s" in bar and "0 left" in bar, bar
 
 
 def test_replay_refuses_bad_ranges_and_live_topics_in_one_line(kafka_bootstrap, tmp_path):
