@@ -13,13 +13,14 @@ from confluent_kafka import Producer
 from dataflow import kafka_io
 from dataflow import simulate as sim
 from dataflow.config import Config
+from dataflow.kafka_client import client_settings
 
 
 def publish(config: Config, fleet: sim.Fleet, say: Callable[[str], None] = print, every_s: float = 30.0) -> int:
     """Produce the fleet, waiting for each message's arrival time; returns the messages sent."""
     kafka_io.ensure_topics(config)
     k = config.kafka
-    producer = Producer({"bootstrap.servers": k.brokers, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer(client_settings(k, **{"enable.idempotence": True, "linger.ms": 5}))
     for entry in sim.entitlements(fleet):
         producer.produce(k.exporters_topic, orjson.dumps(entry), key=entry["exporter"].encode())
     for _, value in fleet.ip_event_messages:

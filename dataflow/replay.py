@@ -21,6 +21,7 @@ from dataflow import kafka_io
 from dataflow.attribution import Shard
 from dataflow.config import Config, ConfigError
 from dataflow.entitlements import Entitlements
+from dataflow.kafka_client import client_settings
 from dataflow.records import IP_EVENTS, Origin, encode_batch
 from dataflow.routing import Message, Router, Tally
 from dataflow.summary import render
@@ -213,13 +214,19 @@ class Replay:
 
 def write(config: Config, topic: str, answers: list[dict[str, Any]]) -> int:
     """The answers to `topic` (created when missing) in batches; returns how many the broker confirmed."""
-    admin = AdminClient({"bootstrap.servers": config.kafka.brokers})
-    if topic not in admin.list_topics(timeout=10).topics:
-        for future in admin.create_topics([NewTopic(topic, num_partitions=config.kafka.partitions,
-                                                    replication_factor=1)]).values():
+    k = config.kafka
+    admin = AdminClient(client_settings(k))
+    metadata = admin.list_topics(timeout=10)
+    if topic not in metadata.topics:
+        # Sized as the job sizes its own topics: the configured counts, else the cluster's defaults.
+        brokers = sorted(metadata.brokers)
+        default = kafka_io.cluster_replication_default(admin, brokers[0], 10) if brokers else None
+        replicas = kafka_io.replication_factor(k.replication_factor, len(brokers), default)
+        for future in admin.create_topics([NewTopic(topic, num_partitions=k.partitions,
+                                                    replication_factor=replicas)]).values():
             future.result(30)
-    producer = Producer({"bootstrap.servers": config.kafka.brokers, "enable.idempotence": True,
-                         "linger.ms": 20, "compression.type": "lz4"})
+    producer = Producer(client_settings(config.kafka, **{"enable.idempotence": True, "linger.ms": 20,
+                                                         "compression.type": "lz4"}))
     confirmed, failed = [0], []
 
     def delivered(err, msg, n):

@@ -9,6 +9,8 @@ from typing import Iterator
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from dataflow.config import Config, ConfigError
+from dataflow.kafka_client import client_settings
+from dataflow.kafka_io import LastError
 
 BEGINNING, END = "beginning", "end"
 
@@ -17,20 +19,20 @@ def consumer(config: Config, timeout_s: float = 10.0) -> Consumer:
     """A consumer that commits nothing (offsets are chosen by the reader), reachable or a ConnectionError."""
     if not config.kafka.brokers:
         raise ConfigError("give --brokers HOST:PORT (or kafka.brokers in the config)")
-    c = Consumer({
-        "bootstrap.servers": config.kafka.brokers,
-        "group.id": "flowattr-reader",
-        "enable.auto.commit": False,
-        "enable.partition.eof": False,
-        "socket.timeout.ms": int(timeout_s * 1000),
-        # The client's own log would repeat every failed connection attempt; the error says it once.
-        "log_level": 0,
-    })
+    last_error = LastError()
+    c = Consumer(client_settings(
+        config.kafka,
+        **{"group.id": "flowattr-reader", "enable.auto.commit": False, "enable.partition.eof": False,
+           "socket.timeout.ms": int(timeout_s * 1000),
+           # The client's own log would repeat every failed attempt; the error says it once.
+           "log_level": 0, "error_cb": last_error},
+    ))
     try:
         c.list_topics(timeout=timeout_s)
     except KafkaException as e:
+        c.poll(0)  # serves error_cb: a refused password or certificate says so, not only "timed out"
         c.close()
-        raise ConnectionError(f"cannot reach Kafka at {config.kafka.brokers}: {e.args[0].str()}") from None
+        raise ConnectionError(f"cannot reach Kafka at {config.kafka.brokers}: {last_error.why(e)}") from None
     return c
 
 

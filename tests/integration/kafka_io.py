@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import orjson
@@ -176,3 +177,55 @@ def read_records(bootstrap: str, topics: list[str], until, timeout_s: float = 18
     finally:
         consumer.close()
     return records
+
+
+def produce_fleet(bootstrap: str, topic: str, messages: list[tuple[int, bytes]]) -> None:
+    """A simulated fleet's messages, each under its exporter's key, as exporters send them."""
+    from dataflow.simulate import message_key
+
+    produce(bootstrap, topic, [v for _, v in messages], keys=[message_key(v) for _, v in messages])
+
+
+def publish_entitlements(bootstrap: str, topic: str, fleet) -> None:
+    """What a trusted platform component publishes: each exporter's addresses, keyed by its id."""
+    from dataflow.simulate import entitlements
+
+    records = entitlements(fleet)
+    produce(bootstrap, topic, [orjson.dumps(r) for r in records], keys=[r["exporter"].encode() for r in records])
+
+
+def record_topics(bootstrap: str, config, folder: Path) -> Path:
+    """The job's input topics as a file-mode recording: arrival time and key before each message,
+    partitions merged in arrival order; the entitlements as exporters.ndjson."""
+    from dataflow.file_io import EXPORTERS_FILE, INPUT_FILES
+    from dataflow.kafka_io import input_topics
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {role: name for name, role in INPUT_FILES.items()}
+    for topic, role in input_topics(config).items():
+        messages = sorted(timestamped(bootstrap, topic), key=lambda m: (m[0], m[1], m[2]))
+        with open(folder / files[role], "wb") as f:
+            f.write(b"".join(b"%d\t%s\t%s\n" % (ts, key or b"", value) for ts, _, _, key, value in messages))
+    with open(folder / EXPORTERS_FILE, "wb") as f:
+        f.write(b"".join(value + b"\n" for *_, value in timestamped(bootstrap, config.kafka.exporters_topic)))
+    return folder
+
+
+def timestamped(bootstrap: str, topic: str, timeout: float = 30.0) -> list[tuple[int, int, int, bytes | None, bytes]]:
+    """(timestamp, partition, offset, key, value) of every message now in the topic."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("kafka-io"), "enable.auto.commit": False})
+    try:
+        parts = sorted(c.list_topics(topic, timeout=timeout).topics[topic].partitions)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in parts}
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out, deadline = [], time.monotonic() + timeout
+        done = {p for p, (lo, hi) in ends.items() if hi <= lo}
+        while len(done) < len(parts) and time.monotonic() < deadline:
+            for m in c.consume(num_messages=1000, timeout=0.2):
+                if m.error() is None:
+                    out.append((m.timestamp()[1], m.partition(), m.offset(), m.key(), m.value()))
+                    if m.offset() >= ends[m.partition()][1] - 1:
+                        done.add(m.partition())
+        return out
+    finally:
+        c.close()

@@ -17,7 +17,7 @@ from dataflow import simulate as sim
 from dataflow.config import load_config
 from dataflow.file_io import read_outputs
 from dataflow.kafka_io import ensure_topics
-from kafka_io import produce, read_records
+from kafka_io import produce, produce_fleet, publish_entitlements, read_records, record_topics
 from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ BAD_MESSAGES = [
 ]
 
 
-def write_config(path, bootstrap, prefix, partitions=3, idle_advance_s=2, **files):
+def write_config(path, bootstrap, prefix, partitions=3, **files):
     regions = "\n".join(f"{r} = {orjson.dumps(c).decode()}" for r, c in sim.regions_config().items())
     extra = "".join(f'{k} = "{v}"\n' for k, v in files.items())
     path.write_text(
@@ -40,9 +40,10 @@ def write_config(path, bootstrap, prefix, partitions=3, idle_advance_s=2, **file
         f'[kafka]\nbrokers = "{bootstrap}"\npartitions = {partitions}\nraw_topic = "{prefix}flows.raw"\n'
         f'ip_events_topic = "{prefix}ip-events"\nattributed_topic = "{prefix}flows.attributed"\n'
         f'dlq_topic = "{prefix}flows.dlq"\nforward_prefix = "{prefix}flows.forward."\n'
+        f'exporters_topic = "{prefix}exporters"\n'
         # The fleet reports every 10 s instead of every minute, so the delay and the wait shrink with
         # it and the test's tail stays short; the method is the same.
-        f"[attribution]\ndelay_s = 12\nmax_wait_s = 30\nidle_advance_s = {idle_advance_s}\n"
+        f"[attribution]\ndelay_s = 12\nmax_wait_s = 30\n"
         + (f"[files]\n{extra}" if extra else "")
     )
     return path
@@ -59,6 +60,7 @@ def load(bootstrap, config_path, fleet, side_topics=True, raw=True):
     config = load_config(config_path, environ={})
     ensure_topics(config)
     k = config.kafka
+    publish_entitlements(bootstrap, k.exporters_topic, fleet)
     if side_topics:
         produce(bootstrap, k.ip_events_topic, [v for _, v in fleet.ip_event_messages])
         produce(bootstrap, config.forward_topic(sim.HOME), [v for _, v in fleet.forwarded_messages])
@@ -71,8 +73,8 @@ def load(bootstrap, config_path, fleet, side_topics=True, raw=True):
 
 def produce_raw(bootstrap, config, fleet):
     raw = config.kafka.raw_topic
-    produce(bootstrap, raw, [v for _, v in fleet.flow_messages] + [v for v, _ in BAD_MESSAGES[:2]])
-    produce(bootstrap, raw, [BAD_MESSAGES[2][0], BAD_MESSAGES[3][0], BAD_MESSAGES[4][0]])
+    produce_fleet(bootstrap, raw, fleet.flow_messages)
+    produce(bootstrap, raw, [v for v, _ in BAD_MESSAGES], keys=[b"bad"] * len(BAD_MESSAGES))
 
 
 def outcomes(records):
@@ -134,12 +136,10 @@ def test_raw_topic_through_the_job_to_its_output_topics(kafka_bootstrap, tmp_pat
 
 def test_two_processes_of_two_workers_on_kafka_answer_as_one_worker_on_the_recording(kafka_bootstrap, tmp_path, fleet):
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    # The answer for a flow whose evidence arrives right at its deadline depends on the order the job
-    # reads it in (docs/attribution.md). So that both runs read the same order: one raw partition, and
-    # no side topics, which a replay reads at their own pace. And live, event time follows the wall
-    # clock after idle_advance_s without input: here longer than any stall of a busy test machine.
-    config_path = write_config(tmp_path / "flowattr.toml", kafka_bootstrap, prefix, partitions=1, idle_advance_s=30)
-    config, flows_in = load(kafka_bootstrap, config_path, fleet, side_topics=False)
+    # Decisions run on the broker's arrival times, which the recording of the topic keeps: the file
+    # run over that recording must give every flow the answer the cluster gave it.
+    config_path = write_config(tmp_path / "flowattr.toml", kafka_bootstrap, prefix, partitions=3)
+    config, flows_in = load(kafka_bootstrap, config_path, fleet)
 
     addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
     procs = [
@@ -163,10 +163,8 @@ def test_two_processes_of_two_workers_on_kafka_answer_as_one_worker_on_the_recor
             except subprocess.TimeoutExpired:
                 p.kill()
 
-    # The same recording, one worker, file mode.
-    folder = sim.write(fleet, tmp_path / "recording")
-    for side in ("ip_events.ndjson", "forwarded.ndjson"):
-        (folder / side).unlink()
+    # The same topics as recorded, with their arrival times and keys, one worker, file mode.
+    folder = record_topics(kafka_bootstrap, config, tmp_path / "recording")
     file_config = write_config(tmp_path / "file.toml", kafka_bootstrap, prefix, input_dir=folder, output_dir=tmp_path / "out")
     single = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow.flow:from_environment()"], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "FLOWATTR_CONFIG": str(file_config)},
@@ -213,7 +211,7 @@ def test_a_job_stopped_and_restarted_with_recovery_answers_every_flow(kafka_boot
             job.send_signal(signal.SIGTERM)
             job.wait(timeout=60)
 
-    produce(kafka_bootstrap, k.raw_topic, [v for _, v in fleet.flow_messages[:half]])
+    produce_fleet(kafka_bootstrap, k.raw_topic, fleet.flow_messages[:half])
     first_half = sum(1 for _, v in fleet.flow_messages[:half] for r in orjson.loads(v) if r["kind"] == "flow")
     forwarded = lambda messages: sum(  # noqa: E731
         1 for _, v in messages for r in orjson.loads(v)
@@ -222,7 +220,7 @@ def test_a_job_stopped_and_restarted_with_recovery_answers_every_flow(kafka_boot
     run_until(int(0.8 * (first_half - forwarded(fleet.flow_messages[:half]))))
     assert any((tmp_path / "recovery").iterdir())
 
-    produce(kafka_bootstrap, k.raw_topic, [v for _, v in fleet.flow_messages[half:]])
+    produce_fleet(kafka_bootstrap, k.raw_topic, fleet.flow_messages[half:])
     run_until(flows_in - forwarded(fleet.flow_messages))
 
     answers = read_records(kafka_bootstrap, [k.attributed_topic], until=lambda r: False, timeout_s=8)[k.attributed_topic]
@@ -234,6 +232,6 @@ def test_a_job_stopped_and_restarted_with_recovery_answers_every_flow(kafka_boot
     assert duplicates < 0.2 * first_half
     assert [a for a in answers if a["outcome"] == "attributed" and a["flow_id"] in fleet.truth
             and fleet.truth[a["flow_id"]] != a["remote_workload"]] == []
-    # Fewer than in one go: no assignment events here, and while the job idled between the halves,
-    # event time moved on and gave up the flows whose other side came in the second half.
+    # Fewer than in one go: no assignment events here, and the flows whose other side came in the
+    # second half, produced after the job had waited past their maximum wait, were given up.
     assert sum(a["outcome"] == "attributed" for a in answers) > 0.85 * len(answers)
