@@ -96,6 +96,8 @@ class Supervisor:
         # The flags given to this command reach the processes through their environment.
         self.env = {**os.environ, "FLOWATTR_KAFKA__BROKERS": config.kafka.brokers, "FLOWATTR_REGION": config.region,
                     "FLOWATTR_RECOVERY__DIR": str(self.recovery.resolve())}
+        # Processes on one host cannot share a port: process i serves its metrics and probes on port + i.
+        self.metrics_port = config.metrics.port
         self.status = Status(processes=processes, workers=workers)
         self.rescale = self.stop = False
         self.children: list[subprocess.Popen] = []
@@ -148,6 +150,8 @@ class Supervisor:
             env = dict(self.env)
             if n > 1:
                 env.update(FLOWATTR_CLUSTER__ADDRESSES=addresses, FLOWATTR_CLUSTER__PROCESS_ID=str(i))
+            if self.metrics_port:
+                env["FLOWATTR_METRICS__PORT"] = str(self.metrics_port + i)
             log = open(self.run_dir / "logs" / f"process-{i}.log", "ab")
             self.children.append(subprocess.Popen([*self.command, "-w", str(s.workers)], env=env, stdout=log,
                                                   stderr=subprocess.STDOUT, start_new_session=True))
