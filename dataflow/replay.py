@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -104,7 +105,8 @@ class Replay:
         self.tally = Tally()
         entitlements = Entitlements(bool(config.trust.require_entitlement), config.entitlements)
         # Today's entitlements: the exporters topic keeps only the latest entry of each exporter.
-        kafka_io.follow_entitlements(config, entitlements)
+        self.stop = threading.Event()
+        kafka_io.follow_entitlements(config, entitlements, stop=self.stop)
         ticks = itertools.count(start=1)
         # Every batch tells the shards how far it has read (the job does so at most every 0.1 s).
         self.router = Router(config, self.tally, entitlements, wall_s=lambda: float(next(ticks)))
@@ -127,7 +129,14 @@ class Replay:
         try:
             while len(done) < len(starts) or finished:
                 messages, finished = finished, []
-                for m in self.client.consume(1000, 0.5) if len(done) < len(starts) else []:
+                batch = self.client.consume(1000, 0.5) if len(done) < len(starts) else []
+                if not batch:
+                    # Offsets never delivered (transaction markers, compacted records) count as read.
+                    for tp in self.client.position([TopicPartition(*tp) for tp in starts if tp not in done]):
+                        if tp.offset >= ends[tp.topic, tp.partition]:
+                            done.add((tp.topic, tp.partition))
+                            messages.append(self._caught_up((tp.topic, tp.partition), roles))
+                for m in batch:
                     if m.error() is not None:
                         raise ConnectionError(f"reading {m.topic()}: {m.error().str()}")
                     tp = (m.topic(), m.partition())
@@ -146,6 +155,7 @@ class Replay:
                 bar.set_postfix_str(f"{total - self.read} left", refresh=False)
         finally:
             bar.close()
+            self.stop.set()
         # What is still pending arrived too close to the window's end to be decided as the job did.
         for shard in self.shards.values():
             for flow in shard.finish():
