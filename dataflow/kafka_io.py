@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
@@ -30,7 +30,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from dataflow.config import Config, ConfigError, KafkaConfig
+from dataflow.config import Config, ConfigError
 from dataflow.entitlements import Entitlements
 from dataflow.kafka_client import client_settings, security_settings
 from dataflow.records import FORWARDED, IP_EVENTS, RAW, BadRecord, Origin, check_entitlement
@@ -405,30 +405,3 @@ def sink(config: Config, topic: str | None) -> KafkaSink:
 
 def sink_message(value: bytes, topic: str | None = None, key: bytes | None = None) -> KafkaSinkMessage:
     return KafkaSinkMessage(key, value, topic=topic)
-
-
-def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 5.0, from_end: bool = False) -> Iterator[Any]:
-    """Every message now in `topic` (or, following, the new ones), for `flowattr tail`."""
-    last_error = LastError()
-    settings = {"group.id": "flowattr-tail", "enable.auto.commit": False, "log_level": 0, "error_cb": last_error}
-    consumer = Consumer(client_settings(kafka, **settings))
-    try:
-        try:
-            meta = consumer.list_topics(topic, timeout=timeout_s)
-        except KafkaException as e:
-            consumer.poll(0)  # serves error_cb
-            raise ConnectionError(f"cannot reach Kafka at {kafka.brokers}: {last_error.why(e)}") from None
-        if meta.topics[topic].error is not None:
-            raise KeyError(f"topic {topic} does not exist")
-        offset = OFFSET_END if from_end else OFFSET_BEGINNING
-        consumer.assign([TopicPartition(topic, p, offset) for p in meta.topics[topic].partitions])
-        while True:
-            msg = consumer.poll(timeout_s)
-            if msg is None:
-                yield None
-                continue
-            if msg.error():
-                raise KafkaException(msg.error())
-            yield msg
-    finally:
-        consumer.close()
