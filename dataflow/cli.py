@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from dataflow import deps, replay, scale, submit, tail
+from dataflow import deps, entitle, replay, scale, submit, tail
 from dataflow import simulate as sim
 from dataflow.config import Config, ConfigError, load_config
 from dataflow.local_cluster import DEFAULT_RUN_DIR, Supervisor
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--start-ms", type=int, help="simulated start (default: that many minutes ago)")
     simulate.set_defaults(handler=_simulate)
 
-    for command in (tail, deps, submit, scale, replay):
+    for command in (tail, deps, submit, scale, replay, entitle):
         command.register(sub)
     register_exporter(sub)
     for command in sub.choices.values():
