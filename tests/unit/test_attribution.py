@@ -221,8 +221,8 @@ def test_answers_do_not_depend_on_how_far_ahead_each_partition_was_read():
 
 
 def test_an_exporter_whose_clock_runs_seconds_behind_is_corrected_by_its_peers():
-    # "slow" stamps everything 5 s early; its peers g0..g4 and "old-host" keep time. The reuse boundary of
-    # 10.0.0.9: "old" held it until T0, slow's workload from T0 + 500 on (its clock says T0 - 4_500).
+    # "slow" stamps everything 5 s early; its peers g0..g4, "old-host" and k1..k3 keep time. The reuse
+    # boundary of 10.0.0.9: "old" held it until T0, slow's workload from T0 + 500 on (its clock: T0 - 4_500).
     s = shard()
     n = 0
 
@@ -236,8 +236,8 @@ def test_an_exporter_whose_clock_runs_seconds_behind_is_corrected_by_its_peers()
     for i in range(5):
         t = T0 - 5 * MIN + i * 10_000
         connection(f"g{i}", "slow", "10.0.0.8", t, -5_000)
-        connection(f"g{i}", "old-host", "10.0.0.7", t + 1_000, 0)
-        connection(f"g{i}", "old-host", "10.0.0.7", t + 2_000, 0)
+        for k, reporter in enumerate(("old-host", "k1", "k2", "k3"), start=1):
+            connection(f"g{i}", reporter, f"10.0.0.{k + 1}", t + k * 1_000, 0)
     feed(s, at(T0 - MIN))
     assert (s.peers.clock("slow"), s.peers.clock("old-host"), s.peers.clock("g0")) == ((-5_000, 0), (0, 0), (0, 0))
     feed(s, work(T0 - MIN + 1, claim("10.0.0.9", "old", T0 - 10 * MIN, T0, exporter="old-host"),
