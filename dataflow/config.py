@@ -29,6 +29,11 @@ class KafkaConfig:
     # Without recovery, a restarted job reads from here: "beginning" (backfill) or "end".
     starting_offset: str = "beginning"
     batch_size: int = 1000
+    # The job's producer refuses a message larger than this (librdkafka's message.max.bytes); output
+    # messages are split to fit it and each output topic's own max.message.bytes.
+    max_message_bytes: int = 1_000_000
+    # A broker that does not answer for this long is an error, not a wait.
+    timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,17 @@ class AttributionConfig:
     idle_advance_s: float = 15.0
     max_future_s: float = 3600.0
     max_age_s: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # Bounds on input that keep one message from stopping or swamping the job; anything over a bound
+    # is a dead letter with its reason (docs/records.md).
+    message_bytes: int = 4 * 1024 * 1024  # one input message (a record or a batch)
+    records_per_message: int = 10_000
+    depth: int = 8  # JSON nesting inside one record, the record itself counting 1
+    string_chars: int = 4096  # any one string of a record, field names included
+    dead_letter_bytes: int = 2048  # a dead letter keeps at most this much of the original
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,7 @@ class Config:
     regions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
@@ -142,6 +159,7 @@ class Config:
 _SECTIONS = {
     "kafka": KafkaConfig,
     "attribution": AttributionConfig,
+    "limits": LimitsConfig,
     "exporter": ExporterConfig,
     "files": FilesConfig,
     "recovery": RecoveryConfig,

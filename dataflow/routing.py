@@ -80,6 +80,7 @@ class Router:
         self.max_age_ms = int(config.attribution.max_age_s * 1000)
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.tally = tally
+        self.limits = config.limits
         # A fleet's flows name the same addresses over and over: remember each one's canonical form,
         # shard and region rather than parse, hash and look it up in the trie for every record.
         self.progress: dict[int, int] = {}  # raw partition -> latest event time read from it
@@ -126,9 +127,9 @@ class Router:
         for message in messages:
             works: dict[int, ShardWork] = {}
             if message.error is None:
-                records, bad = decode_message(message.value, message.origin, bounds, self.canonical)
+                records, bad = decode_message(message.value, message.origin, bounds, self.canonical, self.limits)
             else:
-                records, bad = [], [DeadLetter("kafka_error", message.error, message.value or b"", message.origin)]
+                records, bad = [], [DeadLetter.of("kafka_error", message.error, message.value or b"", message.origin, self.limits.dead_letter_bytes)]
             role = message.origin.role
             counts[f"in.{role}"] += len(records) + len(bad)
             for letter in bad:
