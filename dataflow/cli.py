@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 
 from dataflow import simulate as sim
-from dataflow.config import Config, ConfigError, load_config
+from dataflow.config import Config, ConfigError, check_job, load_config
 from dataflow.routing import Tally
 from dataflow.summary import file_run_summary, render
 from exporter.cli import register as register_exporter
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--output-dir", help="file mode: write outputs here")
     run.add_argument("--brokers", help="Kafka bootstrap servers (Kafka mode)")
     run.add_argument("--region", help="this job's region")
+    run.add_argument("--regions", help='every region\'s CIDRs, "NAME=CIDR,CIDR;OTHER=CIDR" (replaces [regions])')
     run.add_argument("-w", "--workers", type=int, default=1, help="worker threads in this process")
     run.add_argument("--summary-every", type=float, default=30.0, help="Kafka mode: seconds between summary lines")
     run.set_defaults(handler=_run)
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "kafka.brokers": getattr(args, "brokers", None),
         "region": getattr(args, "region", None),
+        "regions": getattr(args, "regions", None),
         "files.input_dir": getattr(args, "input_dir", None),
         "files.output_dir": getattr(args, "output_dir", None),
     }
@@ -83,6 +85,7 @@ def _run(args, config: Config) -> int:
         raise ConfigError("give --embedded, --input-dir DIR, or --brokers HOST:PORT (or kafka.brokers in the config)")
     elif config.files.input_dir and not Path(config.files.input_dir).is_dir():
         raise ConfigError(f"input folder {config.files.input_dir} does not exist")
+    check_job(config)
 
     tally = Tally()
     addresses, process_id = config.cluster_addresses(socket.gethostname())
@@ -200,7 +203,7 @@ def _tail(args, config: Config) -> int:
         raise ConfigError("give --brokers HOST:PORT (or kafka.brokers in the config)")
     out = sys.stdout.buffer
     try:
-        for message in read_topic(config.kafka.brokers, args.topic):
+        for message in read_topic(config.kafka.brokers, args.topic, connect_timeout_s=config.kafka.timeout_s):
             if message is None:
                 if not args.follow:
                     return 0

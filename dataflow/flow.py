@@ -24,8 +24,8 @@ from bytewax.operators import StatefulBatchLogic
 
 from dataflow import file_io, kafka_io
 from dataflow.attribution import Shard, ShardWork
-from dataflow.config import Config, load_config
-from dataflow.records import encode_batch
+from dataflow.config import Config, check_job, load_config
+from dataflow.records import DeadLetter, Origin, encode_batches
 from dataflow.routing import Router, Tally
 
 NOT_SHARDS = ("forward", "external", "dead")
@@ -36,7 +36,9 @@ RECORDS_PER_MESSAGE = 500
 
 
 def from_environment() -> Dataflow:
-    return build(load_config(), Tally())
+    config = load_config()
+    check_job(config)
+    return build(config, Tally())
 
 
 def build(config: Config, tally: Tally) -> Dataflow:
@@ -90,22 +92,28 @@ def build(config: Config, tally: Tally) -> Dataflow:
         )
     else:
         k = config.kafka
+        forward_topics = [config.forward_topic(r) for r in sorted(set(config.regions) - {config.region})]
+        answers_max = kafka_io.max_value_bytes(config, [k.attributed_topic])
+        forwards_max = kafka_io.max_value_bytes(config, forward_topics) if forward_topics else answers_max
+        dead_max = kafka_io.max_value_bytes(config, [k.dlq_topic])
         op.output(
             "write_attributed",
-            op.flat_map("encode_attributed", answers, lambda flows: _messages(flows, None)),
-            kafka_io.sink(config, k.attributed_topic),
+            op.flat_map("encode_attributed", answers, lambda flows: _messages(flows, None, answers_max, config, tally)),
+            kafka_io.sink(config, k.attributed_topic, min(answers_max, dead_max)),
         )
         op.output(
             "write_forwards",
             op.flat_map(
-                "encode_forwards", forwards, lambda f: _messages(f.flows, config.forward_topic(f.region))
+                "encode_forwards",
+                forwards,
+                lambda f: _messages(f.flows, config.forward_topic(f.region), forwards_max, config, tally),
             ),
-            kafka_io.sink(config, None),
+            kafka_io.sink(config, None, min(forwards_max, dead_max)),
         )
         op.output(
             "write_dead_letters",
             op.map("encode_dead_letters", dead, lambda r: kafka_io.sink_message(orjson.dumps(r))),
-            kafka_io.sink(config, k.dlq_topic),
+            kafka_io.sink(config, k.dlq_topic, dead_max),
         )
     return flow
 
@@ -191,8 +199,16 @@ def _count_outcomes(flows: list[dict[str, Any]], tally: Tally) -> list[dict[str,
     return flows
 
 
-def _messages(records: list[dict[str, Any]], topic: str | None):
-    return [
-        kafka_io.sink_message(encode_batch(records[i : i + RECORDS_PER_MESSAGE]), topic)
-        for i in range(0, len(records), RECORDS_PER_MESSAGE)
-    ]
+def _messages(records: list[dict[str, Any]], topic: str | None, max_bytes: int, config: Config, tally: Tally):
+    """Output messages that the producer and the broker will take; an answer too large for any
+    message goes to the dead letters in its place, as much of it as a dead letter keeps."""
+    values, oversize = encode_batches(records, max_bytes, RECORDS_PER_MESSAGE)
+    messages = [kafka_io.sink_message(v, topic) for v in values]
+    if oversize:
+        tally.add({"dead.answer_too_large": len(oversize)})
+    for record, value in oversize:
+        where = Origin(topic or config.kafka.attributed_topic, -1, -1, "output")
+        detail = f"the answer for flow {record.get('flow_id')!r} is {len(value)} bytes, over the {max_bytes} a message takes"
+        letter = DeadLetter.of("answer_too_large", detail, value, where, config.limits.dead_letter_bytes)
+        messages.append(kafka_io.sink_message(orjson.dumps(letter.to_record()), config.kafka.dlq_topic))
+    return messages

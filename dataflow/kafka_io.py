@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from dataflow.config import Config
 from dataflow.records import FORWARDED, IP_EVENTS, RAW, Origin
@@ -28,13 +28,16 @@ def all_topics(config: Config) -> list[str]:
     return [k.raw_topic, k.ip_events_topic, k.attributed_topic, k.dlq_topic, *forwards]
 
 
-def ensure_topics(config: Config, timeout_s: float = 30.0) -> list[str]:
+def ensure_topics(config: Config) -> list[str]:
     """Create the job's topics that do not exist yet; returns the ones created."""
-    admin = AdminClient({"bootstrap.servers": config.kafka.brokers})
+    timeout_s = config.kafka.timeout_s
+    admin = _admin(config)
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as e:
-        raise ConnectionError(f"cannot reach Kafka at {config.kafka.brokers}: {e}") from None
+        raise ConnectionError(
+            f"cannot reach Kafka at {config.kafka.brokers} within {timeout_s:g} s (kafka.timeout_s): {e.args[0].str()}"
+        ) from None
     missing = [t for t in all_topics(config) if t not in existing]
     if missing:
         futures = admin.create_topics(
@@ -49,9 +52,33 @@ def ensure_topics(config: Config, timeout_s: float = 30.0) -> list[str]:
     return missing
 
 
-def partition_count(config: Config, topic: str, timeout_s: float = 30.0) -> int:
-    admin = AdminClient({"bootstrap.servers": config.kafka.brokers})
-    return len(admin.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
+def partition_count(config: Config, topic: str) -> int:
+    return len(_admin(config).list_topics(topic, timeout=config.kafka.timeout_s).topics[topic].partitions)
+
+
+# Room for what Kafka adds around a value (record and batch headers, the key) within a message's limit.
+FRAMING_BYTES = 512
+
+
+def max_value_bytes(config: Config, topics: list[str]) -> int:
+    """The largest message value the job may write to all of `topics`: its producer's message.max.bytes
+    or the smallest max.message.bytes the broker keeps for those topics, whichever is less."""
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
+    limit = config.kafka.max_message_bytes
+    for future in _admin(config).describe_configs(resources, request_timeout=config.kafka.timeout_s).values():
+        try:
+            entries = future.result(config.kafka.timeout_s)
+        except KafkaException as e:
+            raise ConnectionError(f"cannot read topic limits from Kafka at {config.kafka.brokers}: {e}") from None
+        entry = entries.get("max.message.bytes")
+        if entry is not None and entry.value is not None:
+            limit = min(limit, int(entry.value))
+    return limit - FRAMING_BYTES
+
+
+def _admin(config: Config) -> AdminClient:
+    # A broker that does not answer is reported once, by the caller, not logged by librdkafka every second.
+    return AdminClient({"bootstrap.servers": config.kafka.brokers, "log_level": 0})
 
 
 def source(config: Config, topic: str) -> KafkaSource:
@@ -74,12 +101,21 @@ def as_message(item: KafkaSourceMessage | KafkaError, role: str) -> Message:
     return Message(item.value, Origin(item.topic, item.partition, item.offset, role))
 
 
-def sink(config: Config, topic: str | None) -> KafkaSink:
+def sink(config: Config, topic: str | None, max_value: int) -> KafkaSink:
+    """A producer whose messages, and batches of them, stay within what the topics take (max_value
+    from max_value_bytes): a batch the broker refuses would be lost, not retried."""
+    max_message = str(max_value + FRAMING_BYTES)
     return KafkaSink(
         config.kafka.brokers.split(","),
         topic,
         # Idempotence: a retried batch is neither duplicated nor reordered.
-        add_config={"linger.ms": "20", "compression.type": "lz4", "batch.size": "1000000", "enable.idempotence": "true"},
+        add_config={
+            "linger.ms": "20",
+            "compression.type": "lz4",
+            "batch.size": max_message,
+            "message.max.bytes": max_message,
+            "enable.idempotence": "true",
+        },
     )
 
 
@@ -87,13 +123,21 @@ def sink_message(value: bytes, topic: str | None = None, key: bytes | None = Non
     return KafkaSinkMessage(key, value, topic=topic)
 
 
-def read_topic(brokers: str, topic: str, timeout_s: float = 5.0, from_end: bool = False) -> Iterator[Any]:
-    """Every message now in `topic` (or, following, the new ones), for `flowattr tail`."""
+def read_topic(
+    brokers: str, topic: str, timeout_s: float = 5.0, from_end: bool = False, connect_timeout_s: float = 10.0
+) -> Iterator[Any]:
+    """Every message now in `topic` (or, following, the new ones), for `flowattr tail`; None after
+    timeout_s without a new one."""
     consumer = Consumer(
-        {"bootstrap.servers": brokers, "group.id": "flowattr-tail", "enable.auto.commit": False}
+        {"bootstrap.servers": brokers, "group.id": "flowattr-tail", "enable.auto.commit": False, "log_level": 0}
     )
     try:
-        meta = consumer.list_topics(topic, timeout=timeout_s)
+        try:
+            meta = consumer.list_topics(topic, timeout=connect_timeout_s)
+        except KafkaException as e:
+            raise ConnectionError(
+                f"cannot reach Kafka at {brokers} within {connect_timeout_s:g} s (kafka.timeout_s): {e.args[0].str()}"
+            ) from None
         if meta.topics[topic].error is not None:
             raise KeyError(f"topic {topic} does not exist")
         offset = OFFSET_END if from_end else OFFSET_BEGINNING

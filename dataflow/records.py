@@ -365,6 +365,35 @@ def encode_batch(records: list[dict[str, Any]]) -> bytes:
     return orjson.dumps(records)
 
 
+def encode_batches(
+    records: list[dict[str, Any]], max_bytes: int, max_records: int
+) -> tuple[list[bytes], list[tuple[dict[str, Any], bytes]]]:
+    """The records as message values of at most max_bytes and max_records each, in order; a record
+    too large for a message of its own comes back apart, encoded, for a dead letter."""
+    values, oversize = [], []
+    for i in range(0, len(records), max_records):
+        chunk = records[i : i + max_records]
+        value = orjson.dumps(chunk)
+        if len(value) <= max_bytes:
+            values.append(value)
+            continue
+        parts: list[bytes] = []
+        size = 2
+        for record in chunk:
+            part = orjson.dumps(record)
+            if len(part) + 2 > max_bytes:
+                oversize.append((record, part))
+                continue
+            if parts and size + len(part) + 1 > max_bytes:
+                values.append(b"[" + b",".join(parts) + b"]")
+                parts, size = [], 2
+            parts.append(part)
+            size += len(part) + 1
+        if parts:
+            values.append(b"[" + b",".join(parts) + b"]")
+    return values, oversize
+
+
 def iter_records(value: bytes):
     """Records of one message whatever its framing, for readers of the job's outputs."""
     parsed = orjson.loads(value)

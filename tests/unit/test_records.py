@@ -3,7 +3,9 @@ import orjson
 import pytest
 
 from dataflow.config import LimitsConfig
-from dataflow.records import FORWARDED, IP_EVENTS, RAW, BadRecord, Origin, TimeBounds, canonical_ip, decode_message
+from dataflow.records import (
+    FORWARDED, IP_EVENTS, RAW, BadRecord, Origin, TimeBounds, canonical_ip, decode_message, encode_batches,
+)
 
 NOW = 1_780_000_000_000
 BOUNDS = TimeBounds(NOW - 7 * 86_400_000, NOW + 3_600_000)
@@ -185,3 +187,18 @@ def test_the_limits_accept_what_the_exporter_writes():
     batch = [flow(flow_id=f"h:{i}", comm="nginx", pid=7, ports=[1, 2]) for i in range(2000)]
     records, dead = decode_message(orjson.dumps(batch), RAW_ORIGIN, BOUNDS, limits=LimitsConfig())
     assert dead == [] and len(records) == 2000
+
+
+def test_output_batches_fit_the_message_limit_and_keep_every_record_in_order():
+    answers = [flow(flow_id=f"h:{i}", comm="c" * (i % 7 * 100)) for i in range(300)]
+    values, oversize = encode_batches(answers, 5000, 50)
+    assert oversize == [] and all(len(v) <= 5000 for v in values)
+    assert [r for v in values for r in orjson.loads(v)] == answers
+    assert max(len(orjson.loads(v)) for v in values) <= 50
+
+
+def test_an_answer_too_large_for_any_message_comes_back_apart():
+    answers = [flow(flow_id="h:1"), flow(flow_id="h:2", comm="c" * 6000), flow(flow_id="h:3")]
+    values, oversize = encode_batches(answers, 5000, 500)
+    assert [r["flow_id"] for v in values for r in orjson.loads(v)] == ["h:1", "h:3"]
+    assert [(r["flow_id"], orjson.loads(part)) for r, part in oversize] == [("h:2", answers[1])]
