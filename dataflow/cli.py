@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import socket
 import sys
 import threading
@@ -19,6 +18,7 @@ import orjson
 from dataflow import simulate as sim
 from dataflow.config import Config, ConfigError, check_job, load_config
 from dataflow.routing import Tally
+from dataflow.shutdown import Shutdown
 from dataflow.summary import file_run_summary, render
 from exporter.cli import register as register_exporter
 
@@ -112,7 +112,8 @@ def _run(args, config: Config) -> int:
             return 1
         return 0
 
-    flow = build(config, tally)
+    shutdown = Shutdown()
+    flow = build(config, tally, shutdown)
     stop = threading.Event()
     reporter = threading.Thread(target=_report_every, args=(tally, args.summary_every, stop), daemon=True)
     reporter.start()
@@ -121,13 +122,13 @@ def _run(args, config: Config) -> int:
         f"flowattr run: Kafka {config.kafka.brokers}, region {config.region}, {args.workers} worker(s){where}",
         flush=True,
     )
-    signal.signal(signal.SIGTERM, _interrupt)
+    shutdown.install()
     try:
         cli_main(flow, workers_per_process=args.workers, **cluster, **_recovery(config))
     except KeyboardInterrupt:
         pass
     except Exception as e:
-        # The runtime wraps an interrupt that lands in a step in its own error.
+        # A second signal interrupts a step; the runtime wraps that in its own error.
         if not _interrupted(e):
             raise
     finally:
@@ -158,11 +159,6 @@ def _interrupted(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
-
-
-def _interrupt(signum, frame):
-    # A pod is stopped with SIGTERM; end the run as Ctrl-C does, with the final summary line.
-    raise KeyboardInterrupt
 
 
 def _embedded(config: Config):

@@ -27,6 +27,7 @@ from dataflow.attribution import Shard, ShardWork
 from dataflow.config import Config, check_job, load_config
 from dataflow.records import DeadLetter, Origin, encode_batches
 from dataflow.routing import Router, Tally
+from dataflow.shutdown import Shutdown
 
 NOT_SHARDS = ("forward", "external", "dead")
 # Bytewax's epoch when none is given. A shard can go a whole epoch or two without a delivery while
@@ -38,10 +39,13 @@ RECORDS_PER_MESSAGE = 500
 def from_environment() -> Dataflow:
     config = load_config()
     check_job(config)
-    return build(config, Tally())
+    shutdown = Shutdown()
+    shutdown.install()
+    return build(config, Tally(), shutdown)
 
 
-def build(config: Config, tally: Tally) -> Dataflow:
+def build(config: Config, tally: Tally, shutdown: Shutdown | None = None) -> Dataflow:
+    shutdown = shutdown or Shutdown()
     file_mode = bool(config.files.input_dir)
     epoch_s = config.recovery.snapshot_s if config.recovery.dir else DEFAULT_EPOCH_S
     idle_s = max(config.attribution.idle_advance_s, 2 * epoch_s)
@@ -50,14 +54,14 @@ def build(config: Config, tally: Tally) -> Dataflow:
     collector = StateCollector()
 
     if file_mode:
-        messages = op.input("read_files", flow, file_io.InputFolder(config.files.input_dir))
+        messages = op.input("read_files", flow, shutdown.source(file_io.InputFolder(config.files.input_dir)))
         raw_partitions = 1
     else:
         kafka_io.ensure_topics(config)
         raw_partitions = kafka_io.partition_count(config, config.kafka.raw_topic)
         streams = []
         for topic, role in kafka_io.input_topics(config).items():
-            raw = op.input(f"read_{role}", flow, kafka_io.source(config, topic))
+            raw = op.input(f"read_{role}", flow, shutdown.source(kafka_io.source(config, topic)))
             streams.append(op.map(f"as_message_{role}", raw, lambda m, role=role: kafka_io.as_message(m, role)))
         messages = op.merge("messages", *streams)
 

@@ -65,7 +65,8 @@ def max_value_bytes(config: Config, topics: list[str]) -> int:
     or the smallest max.message.bytes the broker keeps for those topics, whichever is less."""
     resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
     limit = config.kafka.max_message_bytes
-    for future in _admin(config).describe_configs(resources, request_timeout=config.kafka.timeout_s).values():
+    admin = _admin(config)  # held until the answers are in: dropping it cancels them
+    for future in admin.describe_configs(resources, request_timeout=config.kafka.timeout_s).values():
         try:
             entries = future.result(config.kafka.timeout_s)
         except KafkaException as e:
@@ -90,6 +91,8 @@ def source(config: Config, topic: str) -> KafkaSource:
         starting_offset=offset,
         batch_size=config.kafka.batch_size,
         raise_on_errors=False,
+        # Errors only: a broker's passing warnings (a coordinator still loading) are not the user's business.
+        add_config={"log_level": "3"},
     )
 
 
@@ -115,6 +118,7 @@ def sink(config: Config, topic: str | None, max_value: int) -> KafkaSink:
             "batch.size": max_message,
             "message.max.bytes": max_message,
             "enable.idempotence": "true",
+            "log_level": "3",
         },
     )
 
