@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 
 import orjson
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from dataflow.config import KafkaConfig
 
@@ -48,6 +48,14 @@ class KafkaShipper:
             }
         )
         self._last_error = ""
+        # A broker that is wrong from the start is a setting to fix, said at once; one that goes away
+        # later is an outage, ridden out in the buffer.
+        try:
+            self._producer.list_topics(timeout=kafka.timeout_s)
+        except KafkaException as e:
+            raise ValueError(
+                f"cannot reach Kafka at {kafka.brokers} within {kafka.timeout_s:g} s (kafka.timeout_s): {e.args[0].str()}"
+            ) from None
 
     def ship(self, records: list[dict]) -> None:
         for batch in batches(records, self._batch_records):
