@@ -242,7 +242,7 @@ def _check_flow(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, A
     return _check_flow_fields(r, bounds, canonical)
 
 
-_DIRECTIONS = frozenset(("outbound", "inbound"))
+_DIRECTIONS = ("outbound", "inbound")  # a tuple: a hostile list or dict compares, never hashes
 
 
 def _check_flow_fields(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, Any]:
