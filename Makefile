@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit venv kafka-jars kafka-up kafka-down ebpf-deps bench eval k8s-render clean
+.PHONY: run test unit fuzz reliability venv kafka-jars kafka-up kafka-down ebpf-deps bench eval k8s-render clean
 
 # The main job on the embedded default: a simulated fleet, no Kafka, nothing else running.
 run: $(STAMP)
@@ -16,6 +16,11 @@ test: $(STAMP) kafka-jars ebpf-deps
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+# The decoder fuzzed for longer than `make test` does: generated records, then coverage-guided bytes.
+fuzz: $(STAMP)
+	FLOWATTR_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_fuzz_records.py -k "not coverage_guided"
+	PYTHONPATH=. $(BIN)/python tests/unit/fuzz_decoder.py out/fuzz/corpus -max_total_time=600
 
 venv: $(STAMP)
 
