@@ -1,58 +1,108 @@
-"""The attribution decision for one shard of the address space: learn ownership from heartbeats, hold
-each flow's remote-address lookup until event time has passed its start plus the delay, answer it from
-the remote host's own report of the connection or from the ownership range covering its start, retry
-while new ownership arrives, and give up as unattributed at the maximum wait. Never guess."""
+"""The attribution decision for one shard of the address space. Evidence (ownership claims, connection
+reports, assignment events) and lookups are applied in arrival order as the arrival clock passes them;
+each lookup is first tried a delay after its flow's start, answered from the remote host's own report of
+the connection or from the ownership range covering its start, retried while new evidence arrives, and
+given up as unattributed at the maximum wait. Never guess: contradicting evidence is a conflict."""
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from dataflow import ownership
+from dataflow.clock import ENDED, ArrivalClock, PartitionId, PeerClocks, first_try_ms
 from dataflow.config import AttributionConfig
-from dataflow.records import ATTRIBUTED_OUTCOME, CONFLICT, EXPIRED, NO_OWNER, UNATTRIBUTED, attributed
+from dataflow.records import (
+    ATTRIBUTED_OUTCOME,
+    CONFLICT,
+    EXPIRED,
+    NO_OWNER,
+    UNATTRIBUTED,
+    UNTRUSTED_CLOCK,
+    attributed,
+)
 
 Flow = dict[str, Any]
 # (local_ip, local_port, remote_ip, remote_port) as the reporting host saw it.
 ConnectionKey = tuple[str, int, str, int]
+Ports = tuple[int, int]
 
 
-# A ShardWork's items are tuples led by their kind:
-INTERVAL = 0  # (INTERVAL, ip, workload, start, end): a heartbeat over an interval
-CLAIM = 1  # (CLAIM, ip, workload, start, end): a flow's proof of its local owner
-CONNECTION = 2  # (CONNECTION, (local_ip, local_port, remote_ip, remote_port), start, workload)
-ASSIGNMENT = 3  # (ASSIGNMENT, ip, owner or None, time): an assignment event
-LOOKUP = 4  # (LOOKUP, flow): name the flow's remote end
+class Claim(NamedTuple):
+    """A host's proof that `workload` owned `ip` (or only `ports` of it) during [start, end]."""
+
+    ip: str
+    workload: str
+    start: int
+    end: int
+    ports: Ports | None = None
+    exporter: str = ""
+
+
+class Connection(NamedTuple):
+    """A host's report of one connection, kept at its local address for the other end's lookup."""
+
+    key: ConnectionKey
+    start: int
+    workload: str
+    exporter: str = ""
+
+
+class Assignment(NamedTuple):
+    """An assignment event: `owner` holds `ip` from `time` on (None: nobody)."""
+
+    ip: str
+    owner: str | None
+    time: int
+
+
+class Lookup(NamedTuple):
+    """Name the flow's remote end."""
+
+    flow: Flow
 
 
 class ShardWork:
-    """What one input message brings to one shard: its items in arrival order, interval heartbeats
-    first (the flow claims within them are then found covered and cost nothing), and how far each
-    raw-topic partition has got in event time as of that message. Built per message per shard,
-    often for a single record, so it is kept to one list."""
+    """What one input message brings to one shard, stamped with the message's arrival and its place in
+    its partition (the order evidence of one arrival millisecond is applied in)."""
 
-    __slots__ = ("items", "progress")
+    __slots__ = ("arrival_ms", "order", "items")
 
-    def __init__(self, items: list[tuple] | None = None, progress: dict[int, int] | None = None):
+    def __init__(self, arrival_ms: int, order: tuple, items: list | None = None):
+        self.arrival_ms = arrival_ms
+        self.order = order
         self.items = [] if items is None else items
-        self.progress = {} if progress is None else progress
 
-    @classmethod
-    def of(cls, progress=None, heartbeats=(), claims=(), connections=(), ip_events=(), lookups=()) -> ShardWork:
-        """A ShardWork from plain tuples, kind by kind."""
-        items = [(INTERVAL, *h) for h in heartbeats] + [(CLAIM, *c) for c in claims]
-        items += [(CONNECTION, *c) for c in connections] + [(ASSIGNMENT, *e) for e in ip_events]
-        items += [(LOOKUP, flow) for flow in lookups]
-        return cls(items, progress)
+    def __lt__(self, other: ShardWork) -> bool:
+        return (self.arrival_ms, self.order) < (other.arrival_ms, other.order)
+
+
+class Progress(NamedTuple):
+    """A reader's word that these input partitions have been read up to these arrival times."""
+
+    reached: dict[PartitionId, int]
+
+
+class Pending:
+    """A lookup waiting for its first try or for new evidence."""
+
+    __slots__ = ("flow", "start", "deadline", "settle", "live", "sampled")
+
+    def __init__(self, flow: Flow, start: int, deadline: int, settle: int):
+        self.flow = flow
+        self.start = start  # on the corrected clock
+        self.deadline = deadline
+        self.settle = settle
+        self.live = True
+        self.sampled = False
 
 
 class Shard:
     """State and decisions for the addresses that hash to one shard."""
 
-    def __init__(self, settings: AttributionConfig, partitions: int = 1, live: bool = False):
-        """`partitions`: how many raw-topic partitions feed the job. `live`: input never ends, so
-        event time must also move while input is idle (Kafka); otherwise it moves only with input."""
+    def __init__(self, settings: AttributionConfig, partitions: frozenset[PartitionId], clock_bound_ms: int = 30_000):
+        """`partitions`: every input partition whose arrival time the shard must have seen pass."""
         self.delay_ms = int(settings.delay_s * 1000)
         self.event_settle_ms = int(min(settings.event_settle_s, settings.max_wait_s) * 1000)
         self.max_wait_ms = int(settings.max_wait_s * 1000)
@@ -60,200 +110,231 @@ class Shard:
         self.max_ranges = settings.max_ranges_per_ip
         self.guard_ms = settings.skew_guard_ms
         self.window_ms = settings.connection_window_ms
-        self.idle_ms = int(settings.idle_advance_s * 1000) if live else None
-        self.partitions = partitions
-        self.progress: dict[int, list[int]] = {}  # partition -> [event ms reached, wall ms it last moved]
-        self.first_input_wall_ms: int | None = None
-        self.progress_seen: dict[int, int] | None = None
+        self.clock = ArrivalClock(partitions)
+        self.now_ms = 0  # evidence that arrived up to here is applied, lookups due up to here decided
+        self.inbox: list[ShardWork] = []  # read but not yet arrived on the clock: a heap
+        self.late = 0  # works read after the clock had passed their arrival (applied at once)
+        self.peers = PeerClocks(self.guard_ms, clock_bound_ms)
+        self.refused_claims = 0  # claims of exporters whose clocks their peers contradict
         self.ranges: dict[str, list] = {}
+        self.port_ranges: dict[str, dict[Ports, list]] = {}  # shared IPv4 addresses, by port range
         self.events: dict[str, list] = {}
-        self.connections: dict[ConnectionKey, list[tuple[int, str]]] = {}
-        self.connection_order: deque[tuple[int, ConnectionKey]] = deque()
-        self.first_tries: list[tuple[int, int, Flow]] = []
-        # Lookups past their first try wait here for new ownership of their address; each entry is
-        # [deadline, seq, flow, waiting] and also sits in `deadlines` until it is answered or expires.
-        self.waiting: dict[str, list[list]] = {}
-        self.deadlines: list[list] = []
+        self.connections: dict[ConnectionKey, list[tuple[int, str, str]]] = {}  # (start, workload, exporter)
+        self.connection_order: deque[tuple[int, ConnectionKey]] = deque()  # (arrival, key)
+        self.first_tries: list[tuple[int, int, Pending]] = []
+        # Lookups past their first try wait here for new evidence on their address, and in `deadlines`.
+        self.waiting: dict[str, list[Pending]] = {}
+        self.deadlines: list[tuple[int, int, Pending]] = []
         self.seq = 0
-        self.clock_ms = 0
-        self.last_input_wall_ms = 0
         self.next_prune_ms = 0
         self.next_range_prune_ms = 0
 
     def pending(self) -> int:
         return len(self.first_tries) + sum(len(entries) for entries in self.waiting.values())
 
-    def absorb(self, work: ShardWork, wall_ms: int) -> list[Flow]:
-        """Take one message's work, return the flows decided because of it."""
-        touched = set()
-        waiting = self.waiting
-        ranges = self.ranges
-        decided: list[Flow] = []
-        horizon = self.clock_ms - self.retention_ms
-        looked_up = False
-        for item in work.items:
-            kind = item[0]
-            if kind <= CLAIM:
-                _, ip, workload, start, end = item
-                spans = ranges.get(ip)
-                if spans is None:
-                    spans = ranges[ip] = []
-                ownership.claim(spans, workload, start, end, self.max_ranges)
-            elif kind == CONNECTION:
-                _, key, start, workload = item
-                reports = self.connections.get(key)
-                if reports is None:
-                    self.connections[key] = [(start, workload)]
-                else:
-                    reports.append((start, workload))
-                self.connection_order.append((start, key))
-                ip = key[0]
-            elif kind == LOOKUP:
-                looked_up = True
-                flow = item[1]
-                start = flow["start_ms"]
-                if start < horizon:
-                    decided.append(attributed(flow, UNATTRIBUTED, reason=EXPIRED))
-                else:
-                    self.seq += 1
-                    heapq.heappush(self.first_tries, (start + self.delay_ms, self.seq, flow))
-                continue
-            else:
-                _, ip, owner, time_ms = item
-                events = self.events.get(ip)
-                if events is None:
-                    events = self.events[ip] = []
-                ownership.assign(events, owner, time_ms)
-            if ip in waiting:
-                touched.add(ip)
-        clock = self.clock_ms
-        if work.progress is not self.progress_seen:
-            # The router makes a new progress dict only when a partition moves; most messages share one.
-            self.progress_seen = work.progress
-            self._advance(work.progress, wall_ms)
-        self.last_input_wall_ms = wall_ms
-        for ip in touched:
-            self._retry(ip, decided)
-        if self.clock_ms != clock or looked_up:
-            self._decide_due(decided)
-            if self.clock_ms >= self.next_prune_ms:
-                self._prune()
-        return decided
+    def stats(self) -> dict[str, int]:
+        return {
+            "addresses": len(self.ranges) + len(self.port_ranges),
+            "ranges": sum(len(s) for s in self.ranges.values()) // 3
+            + sum(len(s) for by_port in self.port_ranges.values() for s in by_port.values()) // 3,
+            "pending": self.pending(),
+            "buffered": len(self.inbox),
+            "late": self.late,
+            "refused_claims": self.refused_claims,
+            "clock_ms": self.now_ms,
+        }
 
-    def _advance(self, progress: dict[int, int], wall_ms: int) -> None:
-        """Event time is where the slowest raw partition has got, so that in a backfill, where one
-        partition is read far ahead of another, no lookup is decided before its evidence is read.
-        Live, a partition that has not moved for idle_advance_s (or never spoke) stops holding it back."""
-        for partition, reached in progress.items():
-            seen = self.progress.get(partition)
-            if seen is None:
-                self.progress[partition] = [reached, wall_ms]
-            elif reached > seen[0]:
-                seen[0], seen[1] = reached, wall_ms
-        if not self.progress:
-            return
-        if self.idle_ms is None:
-            candidate = min(reached for reached, _ in self.progress.values())
+    def absorb(self, item: ShardWork | Progress) -> list[Flow]:
+        """Take one message's work or a reader's progress; return the flows decided because of it."""
+        decided: list[Flow] = []
+        if type(item) is Progress:
+            self.clock.observe(item.reached)
+        elif item.arrival_ms <= self.now_ms:
+            self.late += 1
+            self._apply(item, decided)
         else:
-            if self.first_input_wall_ms is None:
-                self.first_input_wall_ms = wall_ms
-            if len(self.progress) < self.partitions and wall_ms - self.first_input_wall_ms < self.idle_ms:
-                return
-            active = [reached for reached, moved in self.progress.values() if wall_ms - moved < self.idle_ms]
-            candidate = min(active) if active else max(reached for reached, _ in self.progress.values())
-        if candidate > self.clock_ms:
-            self.clock_ms = candidate
-
-    def tick(self, wall_ms: int) -> list[Flow]:
-        """While no input arrives, let event time follow the wall clock so that no lookup waits forever.
-        Idle input means every partition has been read to its end: event time is the furthest any of
-        them got, plus the time since."""
-        idle = wall_ms - self.last_input_wall_ms
-        if self.idle_ms is None or idle < self.idle_ms:
-            return []
-        furthest = max((reached for reached, _ in self.progress.values()), default=self.clock_ms)
-        self.clock_ms = max(self.clock_ms, furthest + idle)
-        decided: list[Flow] = []
-        self._decide_due(decided)
+            heapq.heappush(self.inbox, item)
+        now = self.clock.now()
+        if now is not None and self.now_ms < now < ENDED:  # every input ended: finish() answers the rest
+            self._advance_to(now, decided)
         return decided
 
     def finish(self) -> list[Flow]:
-        """End of input (file mode): answer every pending lookup from what is known, or give up."""
+        """End of input (file mode): everything read has arrived; answer every pending lookup from what
+        is known, or give up."""
         decided: list[Flow] = []
+        if self.inbox:
+            self._advance_to(max(w.arrival_ms for w in self.inbox), decided)
         while self.first_tries:
-            _, _, flow = heapq.heappop(self.first_tries)
-            decided.append(self._answer(flow, final=True) or _no_owner(flow))
-        for entry in self.deadlines:
-            if entry[3]:
-                decided.append(self._answer(entry[2], final=True) or _no_owner(entry[2]))
+            _, _, p = heapq.heappop(self.first_tries)
+            decided.append(self._answer(p, final=True) or _no_owner(p.flow))
+        for _, _, p in self.deadlines:
+            if p.live:
+                decided.append(self._answer(p, final=True) or _no_owner(p.flow))
         self.deadlines.clear()
         self.waiting.clear()
         return decided
 
+    def _advance_to(self, now: int, decided: list[Flow]) -> None:
+        """Apply the evidence and make the decisions due up to `now`, in time order; evidence of a
+        millisecond comes before the decisions of that millisecond."""
+        inbox, first_tries, deadlines = self.inbox, self.first_tries, self.deadlines
+        while True:
+            work_at = inbox[0].arrival_ms if inbox else ENDED
+            due_at = min(first_tries[0][0] if first_tries else ENDED, deadlines[0][0] if deadlines else ENDED)
+            if work_at > now and due_at > now or work_at == due_at == ENDED:
+                break
+            if work_at <= due_at:
+                work = heapq.heappop(inbox)
+                self.now_ms = max(self.now_ms, work.arrival_ms)
+                self._apply(work, decided)
+            else:
+                self.now_ms = max(self.now_ms, due_at)
+                self._decide_due(decided)
+        self.now_ms = max(self.now_ms, now)
+        if self.now_ms >= self.next_prune_ms:
+            self._prune()
+
+    def _apply(self, work: ShardWork, decided: list[Flow]) -> None:
+        touched = set()
+        waiting = self.waiting
+        horizon = self.now_ms - self.retention_ms
+        for item in work.items:
+            kind = type(item)
+            if kind is Claim:
+                ip = item.ip
+                offset = self.peers.offset(item.exporter)
+                if offset is None:
+                    self.refused_claims += 1
+                    continue
+                if item.ports is None:
+                    spans = self.ranges.get(ip)
+                    if spans is None:
+                        spans = self.ranges[ip] = []
+                else:
+                    by_port = self.port_ranges.get(ip)
+                    if by_port is None:
+                        by_port = self.port_ranges[ip] = {}
+                    spans = by_port.get(item.ports)
+                    if spans is None:
+                        spans = by_port[item.ports] = []
+                ownership.claim(spans, item.workload, item.start - offset, item.end - offset, self.max_ranges)
+            elif kind is Connection:
+                key = item.key
+                reports = self.connections.get(key)
+                if reports is None:
+                    self.connections[key] = [(item.start, item.workload, item.exporter)]
+                else:
+                    reports.append((item.start, item.workload, item.exporter))
+                self.connection_order.append((work.arrival_ms, key))
+                ip = key[0]
+            elif kind is Lookup:
+                flow = item.flow
+                offset = self.peers.offset(flow["exporter"])
+                if offset is None:
+                    decided.append(attributed(flow, UNATTRIBUTED, reason=UNTRUSTED_CLOCK))
+                    continue
+                start = flow["start_ms"] - offset
+                if start < horizon:
+                    decided.append(attributed(flow, UNATTRIBUTED, reason=EXPIRED))
+                    continue
+                arrival = work.arrival_ms
+                first = first_try_ms(start, arrival, self.delay_ms)
+                settle = first_try_ms(start, arrival, self.event_settle_ms)
+                pending = Pending(flow, start, first + self.max_wait_ms - self.delay_ms, settle)
+                self.seq += 1
+                heapq.heappush(self.first_tries, (first, self.seq, pending))
+                continue
+            else:
+                ip = item.ip
+                events = self.events.get(ip)
+                if events is None:
+                    events = self.events[ip] = []
+                ownership.assign(events, item.owner, item.time)
+            if ip in waiting:
+                touched.add(ip)
+        for ip in touched:
+            self._retry(ip, decided)
+
     def _decide_due(self, decided: list[Flow]) -> None:
-        clock = self.clock_ms
+        clock = self.now_ms
         first_tries = self.first_tries
         while first_tries and first_tries[0][0] <= clock:
-            _, seq, flow = heapq.heappop(first_tries)
-            answer = self._answer(flow)
+            _, seq, p = heapq.heappop(first_tries)
+            if not p.sampled:
+                self._sample_clocks(p)
+            answer = self._answer(p)
             if answer is not None:
                 decided.append(answer)
                 continue
-            deadline = flow["start_ms"] + self.max_wait_ms
-            if deadline <= clock:
-                decided.append(self._answer(flow, final=True) or _no_owner(flow))
+            if p.deadline <= clock:
+                decided.append(self._answer(p, final=True) or _no_owner(p.flow))
                 continue
-            settled = flow["start_ms"] + self.event_settle_ms
-            ip = flow["remote_ip"]
-            if clock < settled and ip in self.events and ip not in self.ranges:
-                heapq.heappush(first_tries, (settled, seq, flow))  # try again once events have settled
+            ip = p.flow["remote_ip"]
+            if clock < p.settle and ip in self.events and ip not in self.ranges and ip not in self.port_ranges:
+                heapq.heappush(first_tries, (p.settle, seq, p))  # try again once events have settled
                 continue
-            entry = [deadline, seq, flow, True]
-            self.waiting.setdefault(flow["remote_ip"], []).append(entry)
-            heapq.heappush(self.deadlines, entry)
+            self.waiting.setdefault(ip, []).append(p)
+            heapq.heappush(self.deadlines, (p.deadline, seq, p))
         deadlines = self.deadlines
         while deadlines and deadlines[0][0] <= clock:
-            entry = heapq.heappop(deadlines)
-            if not entry[3]:
+            _, _, p = heapq.heappop(deadlines)
+            if not p.live:
                 continue
-            entry[3] = False
-            flow = entry[2]
-            ip = flow["remote_ip"]
-            entries = [e for e in self.waiting.get(ip, ()) if e[3]]
+            p.live = False
+            ip = p.flow["remote_ip"]
+            entries = [e for e in self.waiting.get(ip, ()) if e.live]
             if entries:
                 self.waiting[ip] = entries
             else:
                 self.waiting.pop(ip, None)
-            decided.append(self._answer(flow, final=True) or _no_owner(flow))
+            decided.append(self._answer(p, final=True) or _no_owner(p.flow))
+
+    def _sample_clocks(self, p: Pending) -> None:
+        """The other host's report of this same connection, if it came, shows how the two clocks differ."""
+        p.sampled = True
+        flow = p.flow
+        reports = self.connections.get((flow["remote_ip"], flow["remote_port"], flow["local_ip"], flow["local_port"]))
+        for start, _, exporter in reports or ():
+            self.peers.observe(flow["exporter"], exporter, start - flow["start_ms"])
 
     def _retry(self, ip: str, decided: list[Flow]) -> None:
         still = []
-        for entry in self.waiting[ip]:
-            if not entry[3]:
+        for p in self.waiting[ip]:
+            if not p.live:
                 continue
-            answer = self._answer(entry[2])
+            answer = self._answer(p)
             if answer is None:
-                still.append(entry)
+                still.append(p)
             else:
-                entry[3] = False
+                p.live = False
                 decided.append(answer)
         if still:
             self.waiting[ip] = still
         else:
             del self.waiting[ip]
 
-    def _answer(self, flow: Flow, final: bool = False) -> Flow | None:
-        """The decision for one flow's remote address, or None while no evidence covers its start.
-        `final`: the last try before giving up (the deadline, or the end of the input)."""
-        ip, start = flow["remote_ip"], flow["start_ms"]
-        reports = self.connections.get((ip, flow["remote_port"], flow["local_ip"], flow["local_port"]))
+    def _answer(self, p: Pending, final: bool = False) -> Flow | None:
+        """The decision for one flow's remote address (docs/attribution.md, the decision table), or None
+        while no evidence covers its start. `final`: the last try (the deadline, or the end of input)."""
+        flow, start = p.flow, p.start
+        ip, port = flow["remote_ip"], flow["remote_port"]
+        shared = ip in self.port_ranges
+        spans = self._spans_for(ip, port) if shared else self.ranges.get(ip)
+        reports = self.connections.get((ip, port, flow["local_ip"], flow["local_port"]))
         if reports:
-            names = {w for s, w in reports if abs(s - start) <= self.window_ms}
-            if len(names) == 1:
-                return attributed(flow, ATTRIBUTED_OUTCOME, names.pop(), None, "heartbeat", "connection")
-            if names:
+            names = set()
+            for s, w, exporter in reports:
+                offset = self.peers.offset(exporter)
+                if offset is not None and abs(s - offset - start) <= self.window_ms:
+                    names.add(w)
+            if len(names) > 1:
                 return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
-        spans = self.ranges.get(ip)
+            if names:
+                name = names.pop()
+                if spans and ownership.contradicted(spans, name, start, self.guard_ms):
+                    return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
+                return attributed(flow, ATTRIBUTED_OUTCOME, name, None, "heartbeat", "connection")
         if spans:
             owner = ownership.owner_at(spans, start, self.guard_ms)
             if owner is ownership.CONFLICT:
@@ -261,40 +342,57 @@ class Shard:
             if owner is None:
                 return None
             return attributed(flow, ATTRIBUTED_OUTCOME, owner, None, "heartbeat", "range")
+        if shared or ip in self.ranges:
+            return None
         # Assignment events speak only for addresses that never sent a heartbeat, and only once a
         # late unassignment would have had time to arrive.
         events = self.events.get(ip)
-        if events and (self.clock_ms >= start + self.event_settle_ms or final):
+        if events and (self.now_ms >= p.settle or final):
             owner = ownership.assigned_at(events, start)
             if owner is not None:
                 return attributed(flow, ATTRIBUTED_OUTCOME, owner, None, "ip_event", "event")
         return None
 
+    def _spans_for(self, ip: str, port: int) -> list | None:
+        """A shared address answers only from the claims on the port asked about, never from claims on
+        the whole address."""
+        found = [spans for (lo, hi), spans in self.port_ranges[ip].items() if lo <= port <= hi and spans]
+        if len(found) <= 1:
+            return found[0] if found else None
+        ranges = sorted(tuple(s[i : i + 3]) for s in found for i in range(0, len(s), 3))
+        return [x for r in ranges for x in r]
+
     def _prune(self) -> None:
-        if self.clock_ms >= self.next_range_prune_ms:
+        if self.now_ms >= self.next_range_prune_ms:
             # A sweep of every address is costly; retention only needs it a few times per period.
-            horizon = self.clock_ms - self.retention_ms
+            horizon = self.now_ms - self.retention_ms
             for ip in list(self.ranges):
                 spans = self.ranges[ip]
                 ownership.prune(spans, horizon)
                 if not spans:
                     del self.ranges[ip]
+            for ip in list(self.port_ranges):
+                by_port = self.port_ranges[ip]
+                for ports in list(by_port):
+                    ownership.prune(by_port[ports], horizon)
+                    if not by_port[ports]:
+                        del by_port[ports]
+                if not by_port:
+                    del self.port_ranges[ip]
             for ip in list(self.events):
                 ownership.prune_events(self.events[ip], horizon)
-            self.next_range_prune_ms = self.clock_ms + max(self.retention_ms // 4, 1000)
+            self.next_range_prune_ms = self.now_ms + max(self.retention_ms // 4, 1000)
         # A connection report is wanted only until the other side's lookup has been answered.
-        report_horizon = self.clock_ms - self.max_wait_ms - self.delay_ms
+        report_horizon = self.now_ms - self.max_wait_ms - self.delay_ms
         order = self.connection_order
         while order and order[0][0] < report_horizon:
             _, key = order.popleft()
             reports = self.connections.get(key)
-            if reports is not None:
-                reports = [r for r in reports if r[0] >= report_horizon]
-                if reports:
-                    self.connections[key] = reports
-                else:
-                    del self.connections[key]
-        self.next_prune_ms = self.clock_ms + max(self.delay_ms, 1000)
+            if reports is not None and len(reports) == 1:
+                del self.connections[key]
+            elif reports is not None:
+                reports.pop(0)
+        self.next_prune_ms = self.now_ms + max(self.delay_ms, 1000)
 
 
 def _no_owner(flow: Flow) -> Flow:

@@ -27,6 +27,11 @@ class KafkaConfig:
     forward_prefix: str = "flows.forward."
     # Topics the job creates when missing; existing topics keep their partition count.
     partitions: int = 6
+    # Compacted: which addresses each exporter may claim, written by a trusted platform component.
+    exporters_topic: str = "exporters"
+    # A reader that has caught up with a partition vouches for it up to this long before now: the
+    # broker's and this host's clocks, and a fetch in flight, may differ by that much.
+    caught_up_margin_ms: int = 2000
     # Without recovery, a restarted job reads from here: "beginning" (backfill) or "end".
     starting_offset: str = "beginning"
     batch_size: int = 1000
@@ -52,9 +57,6 @@ class AttributionConfig:
     # past the flow's start (at most max_wait_s), so that an unassignment already made has arrived.
     event_settle_s: float = 120.0
     shards: int = 128
-    # Without any input for this long, event time follows the wall clock. Longer than a stall of a
-    # busy job (which would otherwise give up lookups early), short next to max_wait_s.
-    idle_advance_s: float = 15.0
     max_future_s: float = 3600.0
     max_age_s: float = 7 * 86400.0
 
@@ -68,6 +70,16 @@ class LimitsConfig:
     depth: int = 8  # JSON nesting inside one record, the record itself counting 1
     string_chars: int = 4096  # any one string of a record, field names included
     dead_letter_bytes: int = 2048  # a dead letter keeps at most this much of the original
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    # 1: an exporter's claim on an address counts only within its entitlement ([entitlements] and the
+    # exporters topic). 0 believes every host, for a fleet whose exporters are all trusted.
+    require_entitlement: int = 1
+    # An exporter whose clock is off by more than this (judged from its messages' arrival) is not
+    # believed at all; within it, its times are corrected.
+    clock_bound_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -121,9 +133,12 @@ class Config:
     region: str = "local"
     # region name -> list of CIDRs; a remote address in none of them is external.
     regions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # exporter id -> CIDRs it may claim (besides those the exporters topic grants).
+    entitlements: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
@@ -161,6 +176,7 @@ _SECTIONS = {
     "kafka": KafkaConfig,
     "attribution": AttributionConfig,
     "limits": LimitsConfig,
+    "trust": TrustConfig,
     "exporter": ExporterConfig,
     "files": FilesConfig,
     "recovery": RecoveryConfig,
@@ -213,7 +229,7 @@ def _set(settings: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _build(settings: Mapping[str, Any]) -> Config:
-    known = {"region", "regions", *_SECTIONS}
+    known = {"region", "regions", "entitlements", *_SECTIONS}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
@@ -223,20 +239,23 @@ def _build(settings: Mapping[str, Any]) -> Config:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"[{name}] must be a table")
         sections[name] = _build_section(name, cls, raw)
-    regions = settings.get("regions", {})
-    if isinstance(regions, str):
-        regions = parse_regions(regions)
-    if not isinstance(regions, Mapping) or not all(
-        isinstance(cidrs, (list, tuple)) for cidrs in regions.values()
-    ):
-        raise ConfigError("[regions] maps each region name to a list of CIDRs")
     config = Config(
         region=str(settings.get("region", Config.region)),
-        regions={str(r): tuple(str(c) for c in cidrs) for r, cidrs in regions.items()},
+        regions=_cidr_table(settings, "regions", "region name"),
+        entitlements=_cidr_table(settings, "entitlements", "exporter id"),
         **sections,
     )
     _check(config)
     return config
+
+
+def _cidr_table(settings: Mapping[str, Any], name: str, what: str) -> dict[str, tuple[str, ...]]:
+    table = settings.get(name, {})
+    if isinstance(table, str):  # --regions, FLOWATTR_REGIONS
+        table = parse_cidr_table(table, name)
+    if not isinstance(table, Mapping) or not all(isinstance(cidrs, (list, tuple)) for cidrs in table.values()):
+        raise ConfigError(f"[{name}] maps each {what} to a list of CIDRs")
+    return {str(k): tuple(str(c) for c in cidrs) for k, cidrs in table.items()}
 
 
 def _build_section(section: str, cls: type, raw: Mapping[str, Any]):
@@ -268,6 +287,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "kafka.batch_size": (1, 100_000),
     "kafka.max_message_bytes": (10_000, 1_000_000_000),
     "kafka.timeout_s": (0.1, 3600),
+    "kafka.caught_up_margin_ms": (0, 600_000),
     "attribution.delay_s": (0, DAY_S),
     "attribution.max_wait_s": (0, 7 * DAY_S),
     "attribution.retention_s": (1, 30 * DAY_S),
@@ -276,9 +296,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "attribution.connection_window_ms": (0, 600_000),
     "attribution.event_settle_s": (0, DAY_S),
     "attribution.shards": (1, 65_536),
-    "attribution.idle_advance_s": (0.1, DAY_S),
     "attribution.max_future_s": (1, 30 * DAY_S),
     "attribution.max_age_s": (60, 3650 * DAY_S),
+    "trust.require_entitlement": (0, 1),
+    "trust.clock_bound_s": (0.001, DAY_S),
     "limits.message_bytes": (1024, 1_000_000_000),
     "limits.records_per_message": (1, 1_000_000),
     "limits.depth": (2, 200),  # orjson encodes at most 254 levels; the answer's batch adds one
@@ -357,12 +378,12 @@ def check_job(config: Config) -> None:
                 raise ConfigError(f"region {region!r}: {cidr!r} is not a CIDR (such as 10.0.0.0/16)") from None
 
 
-def parse_regions(text: str) -> dict[str, list[str]]:
+def parse_cidr_table(text: str, name: str = "regions") -> dict[str, list[str]]:
     """ "us-east=10.0.0.0/16,fd00::/48;eu-west=10.1.0.0/16", as --regions and FLOWATTR_REGIONS give them."""
     regions = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         name, sep, cidrs = part.partition("=")
         if not sep or not name.strip():
-            raise ConfigError(f'regions: {part!r} is not NAME=CIDR,CIDR (as in "us-east=10.0.0.0/16;eu-west=10.1.0.0/16")')
+            raise ConfigError(f'{name}: {part!r} is not NAME=CIDR,CIDR (as in "us-east=10.0.0.0/16;eu-west=10.1.0.0/16")')
         regions[name.strip()] = [c.strip() for c in cidrs.split(",") if c.strip()]
     return regions

@@ -1,5 +1,6 @@
-"""File mode: input messages are lines of NDJSON files (each line one record or a batch), outputs are
-NDJSON files with one record per line, one file per worker so that processes never share a file."""
+"""File mode: input messages are lines of NDJSON files (each line one record or a batch, optionally led by
+`ARRIVAL_MS<TAB>KEY<TAB>` as a recording of a topic keeps them), outputs are NDJSON files with one record
+per line, one file per worker so that processes never share a file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from dataflow.records import FORWARDED, IP_EVENTS, RAW, Origin
+from dataflow.clock import ENDED
+from dataflow.entitlements import Entitlements
+from dataflow.records import FORWARDED, IP_EVENTS, RAW, BadRecord, Origin, check_entitlement
 from dataflow.routing import Message
 
 # The files an input folder may hold, the topic each stands for, in the order they are read. The side
@@ -18,6 +21,44 @@ from dataflow.routing import Message
 # known before the main stream, which keeps every run over the same folder giving the same answers.
 INPUT_FILES = {"ip_events.ndjson": IP_EVENTS, "forwarded.ndjson": FORWARDED, "flows.ndjson": RAW}
 LINES_PER_BATCH = 500
+EXPORTERS_FILE = "exporters.ndjson"  # entitlements, read whole before the job starts
+
+
+def roles_present(folder: str | Path) -> frozenset[tuple[str, int]]:
+    """The input partitions of a folder, as (role, 0): one per input file present."""
+    return frozenset((role, 0) for name, role in INPUT_FILES.items() if (Path(folder) / name).exists())
+
+
+def as_message(line: bytes, origin: Origin) -> Message:
+    """One line: plain JSON, or `ARRIVAL_MS<TAB>KEY<TAB>JSON` (a line that is neither is kept whole and
+    dead-letters as not JSON)."""
+    if line[:1] in (b"{", b"["):
+        return Message(line, origin)
+    arrival, _, rest = line.partition(b"\t")
+    key, _, value = rest.partition(b"\t")
+    if not arrival.isdigit() or not value:
+        return Message(line, origin)
+    return Message(value, origin, key=key or None, arrival_ms=int(arrival))
+
+
+def read_entitlements(folder: str | Path, entitlements: Entitlements) -> int:
+    """Load the folder's exporters.ndjson; returns how many lines were not valid entitlements."""
+    path = Path(folder) / EXPORTERS_FILE
+    if not path.exists():
+        return 0
+    rejected = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            message = as_message(line.rstrip(b"\r\n"), Origin(str(path), 0, 0, "exporters"))
+            try:
+                record = check_entitlement(orjson.loads(message.value))
+            except (orjson.JSONDecodeError, BadRecord, AttributeError, TypeError):
+                rejected += 1
+                continue
+            entitlements.set(record["exporter"], record["cidrs"])
+    return rejected
 
 
 class FolderPartition(StatefulSourcePartition[Message, tuple[int, int]]):
@@ -49,13 +90,15 @@ class FolderPartition(StatefulSourcePartition[Message, tuple[int, int]]):
         for _ in range(LINES_PER_BATCH):
             line = self._file.readline()
             if not line:
+                # Nothing more will ever come from this file: it no longer holds the arrival clock back.
+                batch.append(Message(None, Origin(str(path), 0, self._line, role), caught_up_ms=ENDED))
                 self._index += 1
                 self._open(0)
                 break
             self._line += 1
             value = line.rstrip(b"\r\n")
             if value:
-                batch.append(Message(value, Origin(str(path), 0, self._line, role)))
+                batch.append(as_message(value, Origin(str(path), 0, self._line, role)))
         return batch
 
     def snapshot(self) -> tuple[int, int]:

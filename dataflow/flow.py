@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import gc
 import pickle
+import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import replace
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
@@ -23,16 +22,14 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from dataflow import file_io, kafka_io
-from dataflow.attribution import Shard, ShardWork
+from dataflow.attribution import Shard
 from dataflow.config import Config, check_job, load_config
+from dataflow.entitlements import Entitlements
 from dataflow.records import DeadLetter, Origin, encode_batches
-from dataflow.routing import Router, Tally
+from dataflow.routing import Routers, Tally
 from dataflow.shutdown import Shutdown
 
-NOT_SHARDS = ("forward", "external", "dead")
-# Bytewax's epoch when none is given. A shard can go a whole epoch or two without a delivery while
-# input flows (the exchange between workers moves by epochs), so "no input" must mean longer than that.
-DEFAULT_EPOCH_S = 10.0
+NOT_SHARDS = ("forward", "answered", "dead")
 RECORDS_PER_MESSAGE = 500
 
 
@@ -47,38 +44,45 @@ def from_environment() -> Dataflow:
 def build(config: Config, tally: Tally, shutdown: Shutdown | None = None) -> Dataflow:
     shutdown = shutdown or Shutdown()
     file_mode = bool(config.files.input_dir)
-    epoch_s = config.recovery.snapshot_s if config.recovery.dir else DEFAULT_EPOCH_S
-    idle_s = max(config.attribution.idle_advance_s, 2 * epoch_s)
-    config = replace(config, attribution=replace(config.attribution, idle_advance_s=idle_s))
+    entitlements = Entitlements(bool(config.trust.require_entitlement), config.entitlements)
     flow = Dataflow("flowattr")
     collector = StateCollector()
 
     if file_mode:
+        rejected = file_io.read_entitlements(config.files.input_dir, entitlements)
+        tally.add({"dead.bad_entitlement": rejected} if rejected else {})
         messages = op.input("read_files", flow, shutdown.source(file_io.InputFolder(config.files.input_dir)))
-        raw_partitions = 1
+        partitions = file_io.roles_present(config.files.input_dir)
     else:
         kafka_io.ensure_topics(config)
-        raw_partitions = kafka_io.partition_count(config, config.kafka.raw_topic)
+        kafka_io.follow_entitlements(config, entitlements)
+        partitions = kafka_io.partitions_of(config)
         streams = []
         for topic, role in kafka_io.input_topics(config).items():
             raw = op.input(f"read_{role}", flow, shutdown.source(kafka_io.source(config, topic)))
             streams.append(op.map(f"as_message_{role}", raw, lambda m, role=role: kafka_io.as_message(m, role)))
         messages = op.merge("messages", *streams)
+    if entitlements.required and not entitlements.exporters():
+        print(
+            "flowattr: no exporter is entitled to claim any address yet ([entitlements], the exporters topic); "
+            "until one is, flows are answered but no ownership is learned",
+            file=sys.stderr,
+        )
 
-    router = Router(config, tally)
-    routed = op.flat_map_batch("decode_and_route", messages, router.route)
+    routers = Routers(config, tally, entitlements)
+    routed = op.flat_map_batch("decode_and_route", messages, routers.route)
     split = op.branch("split_shard_work", routed, lambda item: item[0] not in NOT_SHARDS)
     by_shard = split.trues
     others = split.falses
 
     decided = op.stateful_batch(
-        "attribute", by_shard, lambda resume: ShardLogic(config, resume, raw_partitions, not file_mode, collector)
+        "attribute", by_shard, lambda resume: ShardLogic(config, resume, partitions, file_mode, collector)
     )
     decided_flows = op.map("decided_flows", decided, lambda key_flows: key_flows[1])
-    external = op.filter_map(
-        "external_flows", others, lambda item: item[1] if item[0] == "external" else None
+    answered_at_once = op.filter_map(
+        "answered_at_once", others, lambda item: item[1] if item[0] == "answered" else None
     )
-    answers = op.merge("answers", decided_flows, external)
+    answers = op.merge("answers", decided_flows, answered_at_once)
     answers = op.map("count_outcomes", answers, lambda flows: _count_outcomes(flows, tally))
     forwards = op.filter_map("forwards", others, lambda item: item[1] if item[0] == "forward" else None)
     dead = op.filter_map("dead_letters", others, lambda item: item[1].to_record() if item[0] == "dead" else None)
@@ -148,40 +152,30 @@ class StateCollector:
 
 
 class ShardLogic(StatefulBatchLogic):
-    """Bytewax's hold on one Shard: feeds it batches, wakes it while input is idle, snapshots it."""
+    """Bytewax's hold on one Shard: feeds it work and progress, answers the rest at the end of a file
+    input, snapshots it. It needs no timer: readers keep telling it how far they have read."""
 
-    def __init__(self, config: Config, resume: bytes | None, raw_partitions: int, live: bool, collector):
+    def __init__(self, config: Config, resume: bytes | None, partitions, finite: bool, collector):
         self.collector = collector
         if resume is not None:
             self.shard = pickle.loads(resume)
         else:
-            self.shard = Shard(config.attribution, raw_partitions, live)
-        self.idle = timedelta(seconds=config.attribution.idle_advance_s) if live else None
+            self.shard = Shard(config.attribution, partitions, int(config.trust.clock_bound_s * 1000))
+        self.finite = finite
         self.recovery = bool(config.recovery.dir)
 
-    def on_batch(self, batches: list[list[ShardWork]]) -> tuple[list, bool]:
-        wall = _wall_ms()
+    def on_batch(self, items: list) -> tuple[list, bool]:
         decided = []
-        for works in batches:
-            for work in works:
-                decided.extend(self.shard.absorb(work, wall))
+        for item in items:
+            decided.extend(self.shard.absorb(item))
         self.collector.tend()
         return ([decided] if decided else []), StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[list, bool]:
-        decided = self.shard.tick(_wall_ms())
-        return ([decided] if decided else []), StatefulBatchLogic.RETAIN
-
     def on_eof(self) -> tuple[list, bool]:
-        if self.idle is not None:
+        if not self.finite:
             return [], StatefulBatchLogic.RETAIN
         decided = self.shard.finish()
         return ([decided] if decided else []), StatefulBatchLogic.RETAIN
-
-    def notify_at(self) -> datetime | None:
-        if self.idle is None or not self.shard.pending():
-            return None
-        return datetime.now(timezone.utc) + self.idle
 
     def snapshot(self) -> bytes | None:
         # The runtime asks at every epoch even without recovery; copying a large shard for nothing
@@ -189,10 +183,6 @@ class ShardLogic(StatefulBatchLogic):
         if not self.recovery:
             return None
         return pickle.dumps(self.shard, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _count_outcomes(flows: list[dict[str, Any]], tally: Tally) -> list[dict[str, Any]]:

@@ -1,16 +1,34 @@
-"""Kafka mode: the job's topics, created when missing, read as Messages and written as batches."""
+"""Kafka mode: the job's topics, created when missing, read as Messages stamped with the broker's arrival
+time (and the reader's word when it has caught up), written as batches; the exporters' entitlements read
+from their compacted topic and followed."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, Iterator
 
+import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 
-from dataflow.config import Config
-from dataflow.records import FORWARDED, IP_EVENTS, RAW, Origin
+from dataflow.config import Config, ConfigError
+from dataflow.entitlements import Entitlements
+from dataflow.records import FORWARDED, IP_EVENTS, RAW, BadRecord, Origin, check_entitlement
 from dataflow.routing import Message
+
+# The broker stamps each message of the input topics with its own time on arrival: the clock that
+# decides (dataflow/clock.py), which no producer can set.
+ARRIVAL_TIME = {"message.timestamp.type": "LogAppendTime"}
+CAUGHT_UP_EVERY_S = 0.25
 
 
 def input_topics(config: Config) -> dict[str, str]:
@@ -25,11 +43,12 @@ def input_topics(config: Config) -> dict[str, str]:
 def all_topics(config: Config) -> list[str]:
     k = config.kafka
     forwards = [config.forward_topic(r) for r in sorted(set(config.regions) | {config.region})]
-    return [k.raw_topic, k.ip_events_topic, k.attributed_topic, k.dlq_topic, *forwards]
+    return [k.raw_topic, k.ip_events_topic, k.attributed_topic, k.dlq_topic, k.exporters_topic, *forwards]
 
 
 def ensure_topics(config: Config) -> list[str]:
-    """Create the job's topics that do not exist yet; returns the ones created."""
+    """Create the job's topics that do not exist yet, and make every input topic stamp arrival time;
+    returns the topics created."""
     timeout_s = config.kafka.timeout_s
     admin = _admin(config)
     try:
@@ -38,10 +57,15 @@ def ensure_topics(config: Config) -> list[str]:
         raise ConnectionError(
             f"cannot reach Kafka at {config.kafka.brokers} within {timeout_s:g} s (kafka.timeout_s): {e.args[0].str()}"
         ) from None
+    inputs = set(input_topics(config))
     missing = [t for t in all_topics(config) if t not in existing]
     if missing:
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=config.kafka.partitions, replication_factor=1) for t in missing]
+            [
+                NewTopic(t, num_partitions=1 if t == config.kafka.exporters_topic else config.kafka.partitions,
+                         replication_factor=1, config=_topic_config(config, t, inputs))
+                for t in missing
+            ]
         )
         for topic, future in futures.items():
             try:
@@ -49,7 +73,49 @@ def ensure_topics(config: Config) -> list[str]:
             except KafkaException as e:
                 if "TOPIC_ALREADY_EXISTS" not in str(e):
                     raise
+    stamp_arrival(admin, [t for t in inputs if t in existing], timeout_s)
     return missing
+
+
+def _topic_config(config: Config, topic: str, inputs: set[str]) -> dict[str, str]:
+    if topic == config.kafka.exporters_topic:
+        return {"cleanup.policy": "compact", **ARRIVAL_TIME}
+    return dict(ARRIVAL_TIME) if topic in inputs else {}
+
+
+def stamp_arrival(admin: AdminClient, topics: list[str], timeout_s: float = 30.0) -> None:
+    """An existing input topic that lets producers set its timestamps is switched to arrival time: the
+    job's decisions must not rest on a clock that a host can set."""
+    if not topics:
+        return
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
+    described = admin.describe_configs(resources)
+    wrong = []
+    for resource, future in described.items():
+        entry = future.result(timeout_s).get("message.timestamp.type")
+        if entry is None or entry.value != "LogAppendTime":
+            wrong.append(resource.name)
+    if not wrong:
+        return
+    changes = [
+        ConfigResource(
+            ConfigResource.Type.TOPIC,
+            t,
+            incremental_configs=[
+                ConfigEntry("message.timestamp.type", "LogAppendTime",
+                            incremental_operation=AlterConfigOpType.SET)
+            ],
+        )
+        for t in wrong
+    ]
+    for resource, future in admin.incremental_alter_configs(changes).items():
+        try:
+            future.result(timeout_s)
+        except KafkaException as e:
+            raise ConfigError(
+                f"topic {resource.name} must stamp arrival time (message.timestamp.type=LogAppendTime) and "
+                f"the job could not set it: {e}; set it on the topic"
+            ) from None
 
 
 def partition_count(config: Config, topic: str) -> int:
@@ -84,24 +150,152 @@ def _admin(config: Config) -> AdminClient:
 
 def source(config: Config, topic: str) -> KafkaSource:
     offset = OFFSET_BEGINNING if config.kafka.starting_offset == "beginning" else OFFSET_END
-    return KafkaSource(
+    return ArrivalSource(
         config.kafka.brokers.split(","),
         [topic],
         tail=True,
         starting_offset=offset,
         batch_size=config.kafka.batch_size,
         raise_on_errors=False,
+        margin_ms=config.kafka.caught_up_margin_ms,
         # Errors only: a broker's passing warnings (a coordinator still loading) are not the user's business.
         add_config={"log_level": "3"},
     )
 
 
-def as_message(item: KafkaSourceMessage | KafkaError, role: str) -> Message:
+class CaughtUp:
+    """A reader's word that a partition held nothing more as of `at_ms` (broker time, less a margin)."""
+
+    __slots__ = ("topic", "partition", "at_ms")
+
+    def __init__(self, topic: str, partition: int, at_ms: int):
+        self.topic, self.partition, self.at_ms = topic, partition, at_ms
+
+
+class ArrivalSource(KafkaSource):
+    """Bytewax's Kafka source, whose partitions also say when they have caught up with the broker:
+    a quiet partition must not hold the arrival clock back, and only its reader knows it is quiet."""
+
+    def __init__(self, *args, margin_ms: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.margin_ms = margin_ms
+
+    def build_part(self, step_id, for_part, resume_state):
+        return _CaughtUpPartition(super().build_part(step_id, for_part, resume_state), self.margin_ms)
+
+
+class _CaughtUpPartition:
+    """Wraps Bytewax's partition reader (0.21: its consumer and next offset are `_consumer`, `_offset`)."""
+
+    def __init__(self, inner, margin_ms: int):
+        self.inner = inner
+        self.margin_ms = margin_ms
+        self.partition = TopicPartition(inner._topic, inner._part_idx)
+        self.said_at = 0.0
+
+    def next_batch(self):
+        batch = self.inner.next_batch()
+        if batch:
+            return batch
+        now = time.monotonic()
+        if now - self.said_at < CAUGHT_UP_EVERY_S or not self._caught_up():
+            return batch
+        self.said_at = now
+        return [CaughtUp(self.partition.topic, self.partition.partition, int(time.time() * 1000) - self.margin_ms)]
+
+    def _caught_up(self) -> bool:
+        consumer = self.inner._consumer
+        try:
+            low, high = consumer.get_watermark_offsets(self.partition, cached=True)
+        except KafkaException:
+            return False
+        if high < 0:
+            return False
+        position = self.inner._offset
+        if position < 0:
+            # Nothing read yet: caught up only if there is nothing to read.
+            return low == high or position == OFFSET_END
+        return position >= high
+
+    def next_awake(self):
+        return self.inner.next_awake()
+
+    def snapshot(self):
+        return self.inner.snapshot()
+
+    def close(self):
+        self.inner.close()
+
+
+def as_message(item: KafkaSourceMessage | KafkaError | CaughtUp, role: str) -> Message:
+    if isinstance(item, CaughtUp):
+        return Message(None, Origin(item.topic, item.partition, -1, role), caught_up_ms=item.at_ms)
     if isinstance(item, KafkaError):
         m = item.msg
         origin = Origin(m.topic or "", -1 if m.partition is None else m.partition, m.offset or -1, role)
-        return Message(m.value, origin, error=str(item.err))
-    return Message(item.value, Origin(item.topic, item.partition, item.offset, role))
+        return Message(m.value, origin, error=str(item.err), key=m.key, arrival_ms=_arrival(m))
+    return Message(item.value, Origin(item.topic, item.partition, item.offset, role), key=item.key,
+                   arrival_ms=_arrival(item))
+
+
+def _arrival(message: KafkaSourceMessage) -> int | None:
+    kind, ms = message.timestamp or (TIMESTAMP_NOT_AVAILABLE, 0)
+    return None if kind == TIMESTAMP_NOT_AVAILABLE else ms
+
+
+def partitions_of(config: Config, timeout_s: float = 30.0) -> frozenset[tuple[str, int]]:
+    """Every input partition the arrival clock waits for, as (role, partition)."""
+    admin = AdminClient({"bootstrap.servers": config.kafka.brokers})
+    found = set()
+    for topic, role in input_topics(config).items():
+        meta = admin.list_topics(topic, timeout=timeout_s).topics[topic]
+        found.update((role, p) for p in meta.partitions)
+    return frozenset(found)
+
+
+def follow_entitlements(config: Config, entitlements: Entitlements, timeout_s: float = 30.0) -> threading.Thread:
+    """Read the exporters topic to its end now (so the first claims are judged on the whole table), then
+    keep following it in the background. Bad entries are skipped and counted in `entitlements.rejected`."""
+    topic = config.kafka.exporters_topic
+    consumer = Consumer({"bootstrap.servers": config.kafka.brokers, "group.id": "flowattr-entitlements",
+                         "enable.auto.commit": False})
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+    parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout_s)[1] for p in parts}
+    consumer.assign(parts)
+    read = {p: -1 for p in ends}
+
+    def take(msg) -> None:
+        read[msg.partition()] = msg.offset()
+        exporter = (msg.key() or b"").decode("utf-8", "replace")
+        if msg.value() is None:
+            entitlements.set(exporter, None)
+            return
+        try:
+            record = check_entitlement(orjson.loads(msg.value()))
+        except (ValueError, BadRecord):
+            entitlements.rejected += 1
+            return
+        if record["exporter"] != exporter:
+            entitlements.rejected += 1
+            return
+        entitlements.set(exporter, record["cidrs"])
+
+    deadline = time.monotonic() + timeout_s
+    while any(read[p] < ends[p] - 1 for p in ends) and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            take(msg)
+
+    def follow() -> None:
+        while True:
+            msg = consumer.poll(1.0)
+            if msg is not None and not msg.error():
+                take(msg)
+
+    thread = threading.Thread(target=follow, name="entitlements", daemon=True)
+    thread.start()
+    return thread
 
 
 def sink(config: Config, topic: str | None, max_value: int) -> KafkaSink:

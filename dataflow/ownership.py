@@ -74,6 +74,18 @@ def owner_at(spans: list, t: int, guard_ms: int):
     return covering
 
 
+def contradicted(spans: list, workload: str, t: int, guard_ms: int) -> bool:
+    """Whether another workload's range holds t with guard_ms to spare on both sides: evidence that
+    contradicts a report naming `workload`, however the hosts' clocks differ within the guard."""
+    for i in range(0, len(spans), 3):
+        s = spans[i]
+        if s > t - guard_ms:
+            break
+        if spans[i + 2] != workload and t + guard_ms <= spans[i + 1]:
+            return True
+    return False
+
+
 def prune(spans: list, horizon: int) -> None:
     """Drop ranges that ended before `horizon`."""
     kept = [spans[i : i + 3] for i in range(0, len(spans), 3) if spans[i + 1] >= horizon]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from ipaddress import ip_network
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any
 
@@ -12,20 +13,24 @@ import orjson
 
 from dataflow.config import LimitsConfig
 
-VERSION = 1
-FLOW, HEARTBEAT, IP_EVENT, ATTRIBUTED, DEAD_LETTER = (
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # v2 added port-range claims (`ports`, `local_ports`) and entitlements
+FLOW, HEARTBEAT, IP_EVENT, ENTITLEMENT, ATTRIBUTED, DEAD_LETTER = (
     "flow",
     "heartbeat",
     "ip_event",
+    "entitlement",
     "attributed",
     "dead_letter",
 )
 ATTRIBUTED_OUTCOME, UNATTRIBUTED, EXTERNAL = "attributed", "unattributed", "external"
-NO_OWNER, CONFLICT, EXPIRED = "no_owner", "conflict", "expired"
+NO_OWNER, CONFLICT, EXPIRED, UNTRUSTED_CLOCK = "no_owner", "conflict", "expired", "untrusted_clock"
+# Why a host's claim on its own local address was not believed (the flow's `local_refused`).
+UNENTITLED = "unentitled"
 
 # Which kinds each input topic may carry.
-RAW, FORWARDED, IP_EVENTS = "raw", "forwarded", "ip_events"
-KINDS_BY_ROLE = {RAW: (FLOW, HEARTBEAT), FORWARDED: (FLOW,), IP_EVENTS: (IP_EVENT,)}
+RAW, FORWARDED, IP_EVENTS, EXPORTERS = "raw", "forwarded", "ip_events", "exporters"
+KINDS_BY_ROLE = {RAW: (FLOW, HEARTBEAT), FORWARDED: (FLOW,), IP_EVENTS: (IP_EVENT,), EXPORTERS: (ENTITLEMENT,)}
 LIMITS = LimitsConfig()
 
 
@@ -187,12 +192,12 @@ def check_record(record: Any, role: str, bounds: TimeBounds, canonical=None) -> 
     """Validate one record in place (addresses made canonical) and return it."""
     if not isinstance(record, dict):
         raise BadRecord("not_object", f"batch element is {type(record).__name__}, not an object")
-    v = record.get("v")
-    if type(v) is not int or v != VERSION:
-        raise BadRecord("bad_version", f"v must be {VERSION}, got {record.get('v')!r}")
+    version = record.get("v")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise BadRecord("bad_version", f"v must be one of {READABLE_VERSIONS}, got {version!r}")
     kind = record.get("kind")
-    if kind not in (FLOW, HEARTBEAT, IP_EVENT):
-        raise BadRecord("unknown_kind", f"kind {kind!r} is not flow, heartbeat or ip_event")
+    if kind not in KINDS:
+        raise BadRecord("unknown_kind", f"kind {kind!r} is not one of {', '.join(KINDS)}")
     if kind not in KINDS_BY_ROLE[role]:
         raise BadRecord("wrong_topic", f"a {kind} record does not belong on the {role} topic")
     canonical = canonical or canonical_ip
@@ -200,7 +205,12 @@ def check_record(record: Any, role: str, bounds: TimeBounds, canonical=None) -> 
         return _check_flow(record, bounds, canonical)
     if kind == HEARTBEAT:
         return _check_heartbeat(record, bounds, canonical)
+    if kind == ENTITLEMENT:
+        return check_entitlement(record)
     return _check_ip_event(record, bounds, canonical)
+
+
+KINDS = (FLOW, HEARTBEAT, IP_EVENT, ENTITLEMENT)
 
 
 def _check_flow(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, Any]:
@@ -232,6 +242,7 @@ def _check_flow(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, A
         and type(get("open", False)) is bool
         and type(get("local_ip")) is str
         and type(get("remote_ip")) is str
+        and "local_ports" not in r
     ):
         local_ip, local_family = canonical(r["local_ip"], "local_ip")
         remote_ip, remote_family = canonical(r["remote_ip"], "remote_ip")
@@ -273,6 +284,10 @@ def _check_flow_fields(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict
         raise BadRecord("bad_type", "local_workload must be a non-empty string or null")
     if not isinstance(r.get("open", False), bool):
         raise BadRecord("bad_type", "open must be true or false")
+    if "local_ports" in r:
+        if workload is None:
+            raise BadRecord("bad_ports", "local_ports without a local_workload")
+        r["local_ports"] = _port_range(r, "local_ports", local_family)
     return r
 
 
@@ -280,8 +295,41 @@ def _check_heartbeat(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[s
     _text(r, "exporter")
     _text(r, "region")
     _text(r, "workload")
-    r["ip"], _ = canonical(_text(r, "ip"), "ip")
+    r["ip"], family = canonical(_text(r, "ip"), "ip")
     _span(r, "start_ms", "end_ms", bounds)
+    if "ports" in r:
+        r["ports"] = _port_range(r, "ports", family)
+    return r
+
+
+def _port_range(r: dict[str, Any], name: str, family: int) -> tuple[int, int]:
+    """A claim on part of a shared IPv4 address: [lo, hi], both ports included."""
+    value = r.get(name)
+    if family != AF_INET:
+        raise BadRecord("bad_ports", f"{name} is for shared IPv4 addresses only")
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(type(p) is int and 1 <= p <= 65535 for p in value)
+        or value[0] > value[1]
+    ):
+        raise BadRecord("bad_ports", f"{name} must be [lo, hi] with 1 <= lo <= hi <= 65535, got {value!r}")
+    return value[0], value[1]
+
+
+def check_entitlement(r: dict[str, Any]) -> dict[str, Any]:
+    """Which addresses an exporter may claim, as a trusted platform component publishes them."""
+    _text(r, "exporter")
+    cidrs = r.get("cidrs")
+    if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
+        raise BadRecord("bad_type", "cidrs must be a list of CIDR strings")
+    canonical = []
+    for cidr in cidrs:
+        try:
+            canonical.append(str(ip_network(cidr, strict=False)))
+        except ValueError:
+            raise BadRecord("bad_cidr", f"{cidr!r} is not a CIDR") from None
+    r["cidrs"] = canonical
     return r
 
 

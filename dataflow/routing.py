@@ -1,26 +1,34 @@
-"""Decode a batch of input messages and send each record where it belongs: its heartbeat to the shard of
-its local address, its lookup to the shard of its remote address, to another region's forward topic,
-straight out as external, or to the dead letters. Grouping a whole input batch per shard keeps the
-per-item cost of the stream runtime off the per-record path."""
+"""Decode a batch of input messages and send each record where it belongs: its claim to the shard of its
+local address, its lookup to the shard of its remote address, to another region's forward topic,
+answered at once, or to the dead letters. Here each host's word is weighed before it becomes evidence:
+the record must come under its exporter's key, a claim must be within the exporter's entitlement, and
+an exporter whose clock runs ahead of its own messages' arrival by more than the bound is not believed."""
 
 from __future__ import annotations
 
 import threading
 import time
 import zlib
-from sys import intern
 from collections import Counter
 from dataclasses import dataclass
+from sys import intern
 from typing import Any, Iterable
 
-from dataflow.attribution import ASSIGNMENT, CLAIM, CONNECTION, INTERVAL, LOOKUP, ShardWork
+import orjson
+
+from dataflow.attribution import Assignment, Claim, Connection, Lookup, Progress, ShardWork
+from dataflow.clock import ArrivalCheck, PartitionId
 from dataflow.config import Config
+from dataflow.entitlements import Entitlements
 from dataflow.records import (
     EXTERNAL,
     FLOW,
     FORWARDED,
     HEARTBEAT,
     RAW,
+    UNENTITLED,
+    UNATTRIBUTED,
+    UNTRUSTED_CLOCK,
     DeadLetter,
     Origin,
     TimeBounds,
@@ -33,11 +41,17 @@ from dataflow.regions import RegionMap
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """An input message, whether it came from Kafka or from a line of a file."""
+    """An input message, whether it came from Kafka or from a line of a file.
+
+    `arrival_ms` is the broker's timestamp (None for a recording without one); `caught_up_ms` marks no
+    message at all but the reader's word that its partition holds nothing that arrived before then."""
 
     value: bytes | None
     origin: Origin
     error: str | None = None  # the broker's error in place of a message
+    key: bytes | None = None
+    arrival_ms: int | None = None
+    caught_up_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +77,10 @@ class Tally:
 
 
 REMEMBERED_ADDRESSES = 500_000
+# Evidence of one arrival millisecond is applied side inputs first, then raw, then forwarded lookups.
+ROLE_RANK = {"exporters": 0, "ip_events": 1, RAW: 2, FORWARDED: 3}
+# How often a reader tells every shard how far it has read; it never changes an answer, only how soon.
+PROGRESS_EVERY_S = 0.1
 
 
 def shard_of(ip: str, shards: int) -> int:
@@ -70,8 +88,23 @@ def shard_of(ip: str, shards: int) -> int:
     return zlib.crc32(ip.encode()) % shards
 
 
+class Routers:
+    """One Router per worker thread: each keeps the progress of the partitions its worker reads, and
+    tells the shards only about those, after it has handed them that progress's work."""
+
+    def __init__(self, config: Config, tally: Tally, entitlements: Entitlements):
+        self._local = threading.local()
+        self._args = (config, tally, entitlements)
+
+    def route(self, messages: Iterable[Message]) -> list[tuple[str, Any]]:
+        router = getattr(self._local, "router", None)
+        if router is None:
+            router = self._local.router = Router(*self._args)
+        return router.route(messages)
+
+
 class Router:
-    def __init__(self, config: Config, tally: Tally, now_ms=None):
+    def __init__(self, config: Config, tally: Tally, entitlements: Entitlements, now_ms=None, wall_s=None):
         self.home = config.region
         self.regions = RegionMap(config.regions)
         self.shards = config.attribution.shards
@@ -79,11 +112,18 @@ class Router:
         self.max_future_ms = int(config.attribution.max_future_s * 1000)
         self.max_age_ms = int(config.attribution.max_age_s * 1000)
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.wall_s = wall_s or time.monotonic
         self.tally = tally
         self.limits = config.limits
+        self.entitlements = entitlements
+        self.bound_ms = int(config.trust.clock_bound_s * 1000)
+        self.arrival_check = ArrivalCheck(self.bound_ms)
+        self.progress: dict[PartitionId, int] = {}  # partition -> arrival time read up to
+        self.told: dict[PartitionId, int] = {}
+        self.told_at = 0.0
+        self.floor: dict[PartitionId, int] = {}  # recordings without arrival times: the latest seen
         # A fleet's flows name the same addresses over and over: remember each one's canonical form,
         # shard and region rather than parse, hash and look it up in the trie for every record.
-        self.progress: dict[int, int] = {}  # raw partition -> latest event time read from it
         self.canonical_forms: dict[str, tuple[str, int]] = {}
         self.places: dict[str, tuple[int, str | None]] = {}
 
@@ -107,101 +147,181 @@ class Router:
         return found
 
     def route(self, messages: Iterable[Message]) -> list[tuple[str, Any]]:
-        """Returns (shard key, [ShardWork per message]), ("forward", Forward), ("external", flows),
-        ("dead", DeadLetter).
-
-        A shard's work stays split by message, each carrying the raw topic's progress as of that message,
-        so that the shard's event time moves message by message: its answers depend on the order of the
-        messages, never on how the runtime happened to batch them (a replay answers as the live run did).
-        """
+        """Returns (shard key, ShardWork or Progress), ("forward", Forward), ("answered", flows),
+        ("dead", DeadLetter)."""
         now = self.now_ms()
         bounds = TimeBounds(now - self.max_age_ms, now + self.max_future_ms)
-        by_shard: dict[int, list[ShardWork]] = {}
+        out: list[tuple[str, Any]] = []
         forwards: dict[str, list] = {}
-        external: list[dict[str, Any]] = []
+        answered: list[dict[str, Any]] = []
         dead: list[DeadLetter] = []
         counts: Counter[str] = Counter()
-        # Every partition this worker has read so far, not only those in this batch: a shard that hears
-        # of a partition only now and then would take its stale position for the slowest.
         progress = self.progress
         for message in messages:
-            works: dict[int, ShardWork] = {}
+            origin = message.origin
+            part = (origin.role, origin.partition)
+            if message.caught_up_ms is not None:
+                if message.caught_up_ms > progress.get(part, -1):
+                    progress[part] = message.caught_up_ms
+                continue
             if message.error is None:
-                records, bad = decode_message(message.value, message.origin, bounds, self.canonical, self.limits)
+                records, bad = decode_message(message.value, origin, bounds, self.canonical, self.limits)
             else:
-                records, bad = [], [DeadLetter.of("kafka_error", message.error, message.value or b"", message.origin, self.limits.dead_letter_bytes)]
-            role = message.origin.role
+                keep = self.limits.dead_letter_bytes
+                records, bad = [], [DeadLetter.of("kafka_error", message.error, message.value or b"", origin, keep)]
+            arrival = message.arrival_ms
+            if arrival is None:
+                # A recording without arrival times: the latest time its records name stands in, which
+                # the hosts can move; recordings made by `flowattr simulate` or from Kafka carry them.
+                arrival = max([self.floor.get(part, 0), *(_event_ms(r) for r in records)])
+                self.floor[part] = arrival
+            role = origin.role
             counts[f"in.{role}"] += len(records) + len(bad)
+            works: dict[int, ShardWork] = {}
+            order = (ROLE_RANK[role], origin.partition, origin.offset)
+            if role == RAW and records:
+                records = self._weigh(records, message, arrival, bad, answered, counts)
             for letter in bad:
                 counts[f"dead.{letter.reason}"] += 1
             dead.extend(bad)
-            if role == RAW and records:
-                partition = message.origin.partition
-                reached = max(_event_ms(r) for r in records)
-                if reached > progress.get(partition, 0):
-                    progress = {**progress, partition: reached}
             for record in records:
                 kind = record["kind"]
                 if kind == FLOW and record.get("open"):
                     # An interim report of a connection still open: ownership only, answered when it closes.
-                    work = self._work(works, record["local_ip"])
-                    if record["local_workload"] is not None:
-                        workload = intern(record["local_workload"])
-                        work.items.insert(0, (INTERVAL, record["local_ip"], workload, record["start_ms"], record["end_ms"]))
+                    self._claim(record, works, arrival, order, heartbeat=True)
                     counts["absorbed.open_flow"] += 1
                 elif kind == FLOW:
-                    self._route_flow(record, role, works, forwards, external)
+                    self._route_flow(record, role, works, arrival, order, forwards, answered)
                 elif kind == HEARTBEAT:
-                    work = self._work(works, record["ip"])
-                    workload = intern(record["workload"])
-                    work.items.insert(0, (INTERVAL, record["ip"], workload, record["start_ms"], record["end_ms"]))
+                    self._claim(record, works, arrival, order, heartbeat=True)
                     counts["absorbed.heartbeat"] += 1
                 else:
-                    work = self._work(works, record["ip"])
                     owner = record["owner"] if record["action"] == "assigned" else None
-                    work.items.append((ASSIGNMENT, record["ip"], owner, record["time_ms"]))
+                    self._work(works, record["ip"], arrival, order).items.append(
+                        Assignment(record["ip"], owner, record["time_ms"])
+                    )
                     counts["absorbed.ip_event"] += 1
-            for i, work in works.items():
-                work.progress = progress
-                by_shard.setdefault(i, []).append(work)
-        self.progress = progress
-        out: list[tuple[str, Any]] = [(self.shard_keys[i], w) for i, w in by_shard.items()]
+            out.extend((self.shard_keys[i], work) for i, work in works.items())
+            if arrival - 1 > progress.get(part, -1):
+                progress[part] = arrival - 1  # another message may yet share this millisecond
         for region, flows in forwards.items():
             counts[f"forwarded.{region}"] += len(flows)
             out.append(("forward", Forward(region, flows)))
-        if external:
-            out.append(("external", external))
+        if answered:
+            out.append(("answered", answered))
         out.extend(("dead", letter) for letter in dead)
+        self._tell_progress(out)
         self.tally.add(counts)
         return out
 
-    def _work(self, works: dict[int, ShardWork], ip: str) -> ShardWork:
+    def _tell_progress(self, out: list[tuple[str, Any]]) -> None:
+        """Every shard hears how far this worker has read, after this batch's work for it."""
+        wall = self.wall_s()
+        if self.progress == self.told or wall - self.told_at < PROGRESS_EVERY_S:
+            return
+        self.told = dict(self.progress)
+        self.told_at = wall
+        told = Progress(self.told)
+        out.extend((key, told) for key in self.shard_keys)
+
+    def _weigh(self, records, message: Message, arrival: int, bad: list, answered: list, counts) -> list:
+        """A raw message's records as far as their exporter can be believed: under its key, within its
+        entitlement, on its corrected clock."""
+        key = message.key
+        if message.arrival_ms is not None:
+            claimed = None if key is None else key.decode("utf-8", "replace")
+            kept = []
+            for record in records:
+                if record["exporter"] == claimed:
+                    kept.append(record)
+                else:
+                    detail = f"exporter {record['exporter']!r} came under message key {claimed!r}"
+                    bad.append(DeadLetter("exporter_key_mismatch", detail, message.value or b"", message.origin))
+            records = kept
+            if not records:
+                return records
+        heartbeats = [r["end_ms"] for r in records if r["kind"] == HEARTBEAT]
+        possible = [r["end_ms"] for r in records if r["end_ms"] <= arrival + self.bound_ms]
+        report = max(heartbeats or possible or [arrival])
+        exporter_ok = message.arrival_ms is None or self.arrival_check.observe(records[0]["exporter"], arrival, report)
+        kept = []
+        for record in records:
+            trusted = exporter_ok and record["end_ms"] <= arrival + self.bound_ms
+            if record["kind"] == HEARTBEAT:
+                if not trusted:
+                    bad.append(_refused(record, "untrusted_clock", message, "its exporter's clock is beyond the bound"))
+                elif not self.entitlements.allows(record["exporter"], record["ip"]):
+                    bad.append(_refused(record, "unentitled_claim", message, "outside its exporter's entitlement"))
+                else:
+                    kept.append(record)
+                continue
+            record.pop("local_refused", None)
+            if not trusted:
+                _refuse_local(record, UNTRUSTED_CLOCK)
+                answered.append(attributed(record, UNATTRIBUTED, reason=UNTRUSTED_CLOCK))
+                counts["refused.clock"] += 1
+                continue
+            allowed = self.entitlements.allows(record["exporter"], record["local_ip"])
+            if record["local_workload"] is not None and not allowed:
+                _refuse_local(record, UNENTITLED)
+                counts["refused.unentitled"] += 1
+            kept.append(record)
+        return kept
+
+    def _work(self, works: dict[int, ShardWork], ip: str, arrival: int, order: tuple) -> ShardWork:
         i = self.place(ip)[0]
         work = works.get(i)
         if work is None:
-            work = works[i] = ShardWork()
+            work = works[i] = ShardWork(arrival, order)
         return work
 
-    def _route_flow(self, flow, role, works, forwards, external) -> None:
+    def _claim(self, record, works, arrival, order, heartbeat: bool) -> None:
+        if record["kind"] == HEARTBEAT:
+            ip, workload, ports = record["ip"], record["workload"], record.get("ports")
+        else:
+            ip, workload, ports = record["local_ip"], record["local_workload"], record.get("local_ports")
+            if workload is None:
+                return
+        # Every ownership range keeps its workload's name: one shared string, not one per record.
+        claim = Claim(ip, intern(workload), record["start_ms"], record["end_ms"], ports, intern(record["exporter"]))
+        items = self._work(works, ip, arrival, order).items
+        if heartbeat:
+            items.insert(0, claim)  # claims of flows within it are then found covered and cost nothing
+        else:
+            items.append(claim)
+
+    def _route_flow(self, flow, role, works, arrival, order, forwards, answered) -> None:
         local_ip, remote_ip = flow["local_ip"], flow["remote_ip"]
         remote_region = self.place(remote_ip)[1]
         workload = flow["local_workload"]
-        # A forwarded flow's local address lives in another region: it is a lookup here, not a heartbeat.
+        # A forwarded flow's local address lives in another region: it is a lookup here, not a claim.
         if workload is not None and role != FORWARDED:
-            # Every ownership range keeps its workload's name: one shared string, not one per record.
-            workload = intern(workload)
-            work = self._work(works, local_ip)
-            work.items.append((CLAIM, local_ip, workload, flow["start_ms"], flow["end_ms"]))
+            self._claim(flow, works, arrival, order, heartbeat=False)
             if remote_region is not None:
                 key = (local_ip, flow["local_port"], remote_ip, flow["remote_port"])
-                work.items.append((CONNECTION, key, flow["start_ms"], workload))
+                self._work(works, local_ip, arrival, order).items.append(
+                    Connection(key, flow["start_ms"], intern(workload), intern(flow["exporter"]))
+                )
         if remote_region is None:
-            external.append(attributed(flow, EXTERNAL))
+            answered.append(attributed(flow, EXTERNAL))
         elif remote_region != self.home and role != FORWARDED:
             forwards.setdefault(remote_region, []).append(flow)
         else:
-            work = self._work(works, remote_ip)
-            work.items.append((LOOKUP, flow))
+            self._work(works, remote_ip, arrival, order).items.append(Lookup(flow))
+
+
+def _refuse_local(flow: dict[str, Any], reason: str) -> None:
+    """The host's name for its own end is not believed: kept aside, never used or passed on as fact."""
+    if flow["local_workload"] is not None:
+        flow["claimed_local_workload"] = flow["local_workload"]
+        flow["local_workload"] = None
+    flow.pop("local_ports", None)
+    flow["local_refused"] = reason
+
+
+def _refused(record: dict[str, Any], reason: str, message: Message, why: str) -> DeadLetter:
+    detail = f"{record['exporter']} claims {record['ip']} for {record['workload']}: {why}"
+    return DeadLetter(reason, detail, orjson.dumps(record), message.origin)
 
 
 def _event_ms(record: dict[str, Any]) -> int:

@@ -330,13 +330,33 @@ def write(fleet: Fleet, folder: str | Path) -> Path:
         ("flows.ndjson", fleet.flow_messages),
         ("forwarded.ndjson", fleet.forwarded_messages),
         ("ip_events.ndjson", fleet.ip_event_messages),
-        ("assignments.ndjson", fleet.assignment_messages),
     ):
+        # As a recording of the topic: the broker's arrival time and the message key lead each line.
         with open(folder / name, "wb") as f:
-            f.write(b"".join(value + b"\n" for _, value in messages))
+            f.write(b"".join(b"%d\t%s\t%s\n" % (arrival, message_key(value), value) for arrival, value in messages))
+    with open(folder / "assignments.ndjson", "wb") as f:
+        f.write(b"".join(value + b"\n" for _, value in fleet.assignment_messages))
+    with open(folder / "exporters.ndjson", "wb") as f:
+        f.write(b"".join(orjson.dumps(e) + b"\n" for e in entitlements(fleet)))
     (folder / "truth.json").write_bytes(orjson.dumps(fleet.truth))
     (folder / "routing.json").write_bytes(orjson.dumps(fleet.routing, option=orjson.OPT_INDENT_2))
     return folder
+
+
+def message_key(value: bytes) -> bytes:
+    """The key an exporter sends its batch under: its id (side topics: none)."""
+    first = orjson.loads(value)
+    first = first[0] if isinstance(first, list) else first
+    return first.get("exporter", "").encode()
+
+
+def entitlements(fleet: Fleet) -> list[dict[str, Any]]:
+    """What a trusted platform would publish: each host may claim the addresses its instances held."""
+    held: dict[str, set[str]] = {}
+    for _, value in fleet.flow_messages:
+        for r in orjson.loads(value):
+            held.setdefault(r["exporter"], set()).add(r["ip"] if r["kind"] == "heartbeat" else r["local_ip"])
+    return [{"v": 2, "kind": "entitlement", "exporter": e, "cidrs": sorted(ips)} for e, ips in sorted(held.items())]
 
 
 def regions_config() -> dict[str, list[str]]:

@@ -48,14 +48,15 @@ class KafkaShipper:
             }
         )
         self._last_error = ""
-        # A broker that is wrong from the start is a setting to fix, said at once; one that goes away
-        # later is an outage, ridden out in the buffer.
+        self._brokers = kafka.brokers
+
+    def unreachable(self, timeout_s: float) -> str | None:
+        """Why Kafka does not answer within timeout_s, or None when it does."""
         try:
-            self._producer.list_topics(timeout=kafka.timeout_s)
+            self._producer.list_topics(timeout=timeout_s)
         except KafkaException as e:
-            raise ValueError(
-                f"cannot reach Kafka at {kafka.brokers} within {kafka.timeout_s:g} s (kafka.timeout_s): {e.args[0].str()}"
-            ) from None
+            return f"cannot reach Kafka at {self._brokers} within {timeout_s:g} s (kafka.timeout_s): {e.args[0].str()}"
+        return None
 
     def ship(self, records: list[dict]) -> None:
         for batch in batches(records, self._batch_records):

@@ -57,7 +57,8 @@ def test_explicit_cluster_addresses():
 @pytest.mark.parametrize("name, value", [
     ("attribution.retention_s", "-5"),
     ("attribution.max_future_s", "-1"),
-    ("attribution.idle_advance_s", "-3"),
+    ("attribution.delay_s", "-3"),
+    ("trust.clock_bound_s", "0"),
     ("attribution.shards", "0"),
     ("kafka.timeout_s", "0"),
     ("limits.depth", "300"),

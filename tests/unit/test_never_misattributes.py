@@ -4,7 +4,7 @@ workload that did not own the remote address at the flow's start."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflow.attribution import Shard, ShardWork
+from dataflow.attribution import Claim, Connection, Lookup, Progress, Shard, ShardWork
 from dataflow.config import AttributionConfig
 
 INTERVAL = 60_000
@@ -61,27 +61,28 @@ def test_no_flow_is_attributed_to_a_workload_that_did_not_own_the_address(histor
                 d = heartbeat_delays[n % len(heartbeat_delays)]
                 n += 1
                 if d is not None:
-                    arrivals.append((chunk_end + d, n, ShardWork.of(claims=[(ip, owner, t, chunk_end)], progress={0: chunk_end})))
+                    arrivals.append((chunk_end + d, n, Claim(ip, owner, t, chunk_end, None, f"host-{owner}")))
                 t = chunk_end
     truth = {}
     for i, (ip, start, length, d, server_reports) in enumerate(flows):
-        flow = {"flow_id": str(i), "local_ip": "192.0.2.1", "local_port": 40000 + i, "remote_ip": ip,
-                "remote_port": 443, "start_ms": start, "end_ms": start + length}
+        flow = {"flow_id": str(i), "exporter": "client", "local_ip": "192.0.2.1", "local_port": 40000 + i,
+                "remote_ip": ip, "remote_port": 443, "start_ms": start, "end_ms": start + length}
         truth[str(i)] = owner_at(history[ip], start)
         if d is None:
             continue
         n += 1
-        arrivals.append((start + length + d, n, ShardWork.of(lookups=[flow], progress={0: start + length})))
+        arrivals.append((start + length + d, n, Lookup(flow)))
         owner = truth[str(i)]
         if server_reports and owner is not None and owner_at(history[ip], start + length) == owner:
             # The server's own report of the connection, as its exporter captured it.
             key = (ip, 443, "192.0.2.1", 40000 + i)
             n += 1
-            arrivals.append((start + length + d, n, ShardWork.of(connections=[(key, start, owner)], progress={0: start + length})))
-    shard = Shard(AttributionConfig(delay_s=60, max_wait_s=300, skew_guard_ms=1000))
+            arrivals.append((start + length + d, n, Connection(key, start, owner, f"host-{owner}")))
+    shard = Shard(AttributionConfig(delay_s=60, max_wait_s=300, skew_guard_ms=1000), frozenset({("raw", 0)}))
     answers = []
-    for _, _, work in sorted(arrivals, key=lambda a: (a[0], a[1])):
-        answers.extend(shard.absorb(work, wall_ms=0))
+    for arrival, n, item in sorted(arrivals, key=lambda a: (a[0], a[1])):
+        answers.extend(shard.absorb(ShardWork(arrival, (2, 0, n), [item])))
+        answers.extend(shard.absorb(Progress({("raw", 0): arrival - 1})))
     answers.extend(shard.finish())
 
     delivered = {str(i) for i, f in enumerate(flows) if f[3] is not None}

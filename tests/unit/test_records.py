@@ -52,7 +52,12 @@ def test_a_valid_flow_decodes_unchanged():
 @pytest.mark.parametrize(
     "changes, reason",
     [
-        ({"v": 2}, "bad_version"),
+        ({"v": 3}, "bad_version"),
+        ({"v": True}, "bad_version"),
+        ({"v": 1.0}, "bad_version"),
+        ({"local_ports": [20000, 20999], "remote_ip": "fd00::1", "local_ip": "fd00::2"}, "bad_ports"),
+        ({"local_ports": [2000, 1000]}, "bad_ports"),
+        ({"local_ports": [2000, 3000], "local_workload": None}, "bad_ports"),
         ({"kind": "flowz"}, "unknown_kind"),
         ({"flow_id": DROP}, "missing_field"),
         ({"local_workload": DROP}, "missing_field"),
@@ -202,3 +207,17 @@ def test_an_answer_too_large_for_any_message_comes_back_apart():
     values, oversize = encode_batches(answers, 5000, 500)
     assert [r["flow_id"] for v in values for r in orjson.loads(v)] == ["h:1", "h:3"]
     assert [(r["flow_id"], orjson.loads(part)) for r, part in oversize] == [("h:2", answers[1])]
+
+
+def test_a_shared_address_claim_keeps_its_port_range():
+    records, dead = decode_message(orjson.dumps(flow(v=2, local_ports=[20000, 20999])), RAW_ORIGIN, BOUNDS)
+    assert dead == [] and records[0]["local_ports"] == (20000, 20999)
+
+
+def test_an_entitlement_names_cidrs():
+    from dataflow.records import check_entitlement
+
+    record = check_entitlement({"v": 2, "kind": "entitlement", "exporter": "node-a", "cidrs": ["10.0.1.7/24", "fd00::1/64"]})
+    assert record["cidrs"] == ["10.0.1.0/24", "fd00::/64"]
+    with pytest.raises(BadRecord, match="bad_cidr"):
+        check_entitlement({"v": 2, "kind": "entitlement", "exporter": "node-a", "cidrs": ["10.0.1.0/33"]})

@@ -1,83 +1,167 @@
 import os
 import subprocess
 import sys
+import threading
 
 import orjson
 import pytest
 
-from dataflow.attribution import CLAIM, CONNECTION, LOOKUP
+from dataflow.attribution import Claim, Connection, Lookup, Progress
 from dataflow.config import ConfigError, load_config
+from dataflow.entitlements import Entitlements
 from dataflow.records import FORWARDED, IP_EVENTS, RAW, Origin
 from dataflow.regions import RegionMap
-from dataflow.routing import Message, Router, Tally, shard_of
+from dataflow.routing import Message, Router, Routers, Tally, shard_of
 
 NOW = 1_780_000_000_000
 REGIONS = {"us-east": ["10.0.0.0/16", "fd00::/16"], "eu-west": ["10.1.0.0/16"]}
+ENTITLED = {"h": ["10.0.0.0/24", "fd00::/64"]}
 
 
-def router(shards=8):
+def router(shards=8, entitled=ENTITLED):
     config = load_config(environ={}, overrides={"region": "us-east", "attribution.shards": shards})
     config = config.__class__(**{**config.__dict__, "regions": REGIONS})
     tally = Tally()
-    return Router(config, tally, now_ms=lambda: NOW), tally
+    return Router(config, tally, Entitlements(True, entitled), now_ms=lambda: NOW), tally
 
 
 def flow(remote_ip, local_ip="10.0.0.1", workload="web", **changes):
-    return {"v": 1, "kind": "flow", "flow_id": f"h:{remote_ip}", "exporter": "h", "region": "us-east",
+    return {"v": 2, "kind": "flow", "flow_id": f"h:{remote_ip}", "exporter": "h", "region": "us-east",
             "local_ip": local_ip, "local_port": 40000, "remote_ip": remote_ip, "remote_port": 443,
             "direction": "outbound", "start_ms": NOW - 9000, "end_ms": NOW - 8000, "bytes_sent": 1,
             "bytes_received": 2, "local_workload": workload, **changes}
 
 
-def message(records, role=RAW, offset=0):
-    return Message(orjson.dumps(records), Origin("t", 0, offset, role))
+def heartbeat(ip="10.0.0.1", exporter="h", end=NOW - 1000, **changes):
+    return {"v": 2, "kind": "heartbeat", "exporter": exporter, "region": "us-east", "ip": ip, "workload": "web",
+            "start_ms": end - 60_000, "end_ms": end, **changes}
 
 
-def test_a_flow_is_a_heartbeat_at_its_local_address_and_a_lookup_at_its_remote_one():
+def message(records, role=RAW, offset=0, key=b"h", arrival=NOW):
+    return Message(orjson.dumps(records), Origin("t", 0, offset, role), key=key, arrival_ms=arrival)
+
+
+def items(out, kind):
+    return [i for t, w in out if t not in ("answered", "forward", "dead") and type(w) is not Progress
+            for i in w.items if type(i) is kind]
+
+
+def test_a_flow_is_a_claim_at_its_local_address_and_a_lookup_at_its_remote_one():
     r, _ = router()
-    out = {key: works[0] for key, works in r.route([message(flow("10.0.0.2"))])}
-    local = out[r.shard_keys[shard_of("10.0.0.1", 8)]]
-    remote = out[r.shard_keys[shard_of("10.0.0.2", 8)]]
-    assert (CLAIM, "10.0.0.1", "web", NOW - 9000, NOW - 8000) in local.items
-    assert (CONNECTION, ("10.0.0.1", 40000, "10.0.0.2", 443), NOW - 9000, "web") in local.items
-    assert [i[1]["flow_id"] for i in remote.items if i[0] == LOOKUP] == ["h:10.0.0.2"]
+    out = r.route([message(flow("10.0.0.2"))])
+    local = {t: w for t, w in out if type(w) is not Progress}[r.shard_keys[shard_of("10.0.0.1", 8)]]
+    remote = {t: w for t, w in out if type(w) is not Progress}[r.shard_keys[shard_of("10.0.0.2", 8)]]
+    assert Claim("10.0.0.1", "web", NOW - 9000, NOW - 8000, None, "h") in local.items
+    assert Connection(("10.0.0.1", 40000, "10.0.0.2", 443), NOW - 9000, "web", "h") in local.items
+    assert [i.flow["flow_id"] for i in remote.items if type(i) is Lookup] == ["h:10.0.0.2"]
+    assert remote.arrival_ms == NOW
+    # Then every shard hears how far this reader has got: everything before this arrival.
+    told = [w for t, w in out if type(w) is Progress]
+    assert len(told) == 8 and told[0].reached == {(RAW, 0): NOW - 1}
 
 
 def test_external_other_region_and_forwarded_flows():
     r, tally = router()
     out = r.route([
         message([flow("203.0.113.5"), flow("10.1.0.7")]),
-        message(flow("10.0.0.2", local_ip="10.1.0.9"), role=FORWARDED),
+        message(flow("10.0.0.2", local_ip="10.1.0.9"), role=FORWARDED, key=None),
     ])
-    tags = [tag for tag, _ in out]
-    [external] = [v for t, v in out if t == "external"]
-    assert [(f["remote_ip"], f["outcome"]) for f in external] == [("203.0.113.5", "external")]
+    [answered] = [v for t, v in out if t == "answered"]
+    assert [(f["remote_ip"], f["outcome"]) for f in answered] == [("203.0.113.5", "external")]
     [forward] = [v for t, v in out if t == "forward"]
     assert forward.region == "eu-west" and [f["remote_ip"] for f in forward.flows] == ["10.1.0.7"]
     # The forwarded flow's local address belongs to the other region: a lookup here, never a claim.
-    works = [w for t, v in out if t not in ("external", "forward", "dead") for w in v]
-    assert all(i[1] != "10.1.0.9" for w in works for i in w.items if i[0] == CLAIM)
-    assert sum(i[0] == LOOKUP for w in works for i in w.items) == 1
-    assert tally.snapshot() == {"in.raw": 2, "in.forwarded": 1, "forwarded.eu-west": 1}  # outcomes are counted on the way out
-    assert "dead" not in tags
+    assert all(c.ip != "10.1.0.9" for c in items(out, Claim))
+    assert len(items(out, Lookup)) == 1
+    assert tally.snapshot() == {"in.raw": 2, "in.forwarded": 1, "forwarded.eu-west": 1}
 
 
 def test_every_record_is_counted_in_and_out():
     r, tally = router()
-    heartbeat = {"v": 1, "kind": "heartbeat", "exporter": "h", "region": "us-east", "ip": "10.0.0.1",
-                 "workload": "web", "start_ms": NOW - 60_000, "end_ms": NOW}
     event = {"v": 1, "kind": "ip_event", "ip": "10.0.255.1", "owner": "lb/a", "action": "assigned", "time_ms": NOW}
     out = r.route([
-        message([flow("10.0.0.2"), heartbeat, {"v": 1}, flow("10.0.0.3", open=True)]),
-        message(event, role=IP_EVENTS),
-        Message(b"garbage", Origin("t", 0, 9, RAW)),
+        message([flow("10.0.0.2"), heartbeat(), {"v": 1}, flow("10.0.0.3", open=True)]),
+        message(event, role=IP_EVENTS, key=None),
+        Message(b"garbage", Origin("t", 0, 9, RAW), key=b"h", arrival_ms=NOW),
     ])
     counts = tally.snapshot()
     assert counts["in.raw"] == 5 and counts["in.ip_events"] == 1
     assert counts["dead.unknown_kind"] == 1 and counts["dead.not_json"] == 1
     assert counts["absorbed.heartbeat"] == 1 and counts["absorbed.ip_event"] == 1 and counts["absorbed.open_flow"] == 1
-    lookups = sum(i[0] == LOOKUP for t, v in out if t not in ("external", "forward", "dead") for w in v for i in w.items)
-    assert lookups == 1  # in 6 = 1 lookup + 2 dead + 3 absorbed
+    assert len(items(out, Lookup)) == 1  # in 6 = 1 lookup + 2 dead + 3 absorbed
+
+
+def test_a_record_must_come_under_its_exporters_key():
+    r, tally = router()
+    out = r.route([message([flow("10.0.0.2"), heartbeat(exporter="other")], key=b"h"),
+                   message(flow("10.0.0.3"), key=None, offset=1)])
+    dead = [v for t, v in out if t == "dead"]
+    assert [d.reason for d in dead] == ["exporter_key_mismatch", "exporter_key_mismatch"]
+    assert len(items(out, Lookup)) == 1
+    assert tally.snapshot()["dead.exporter_key_mismatch"] == 2
+
+
+def test_a_claim_outside_the_exporters_entitlement_is_never_ownership():
+    r, tally = router()
+    liar = flow("10.0.0.2", local_ip="10.0.5.5", workload="liar")  # 10.0.5.5 is not within h's /24
+    out = r.route([message([liar, heartbeat(ip="10.0.5.5")])])
+    assert items(out, Claim) == [] and items(out, Connection) == []
+    [lookup] = items(out, Lookup)  # its remote end is still answered
+    assert (lookup.flow["local_workload"], lookup.flow["claimed_local_workload"]) == (None, "liar")
+    assert lookup.flow["local_refused"] == "unentitled"
+    [dead] = [v for t, v in out if t == "dead"]
+    assert dead.reason == "unentitled_claim"
+    assert tally.snapshot()["refused.unentitled"] == 1
+
+
+def test_an_exporter_whose_clock_runs_ahead_of_its_arrival_is_not_believed():
+    r, tally = router()
+    ahead = 20 * 60_000
+    fast = [flow("10.0.0.2", start_ms=NOW - 9000 + ahead, end_ms=NOW - 8000 + ahead), heartbeat(end=NOW + ahead)]
+    out = r.route([message(fast, arrival=NOW - 30_000)])
+    assert items(out, Claim) == [] and items(out, Lookup) == []
+    [answered] = [v for t, v in out if t == "answered"]
+    assert [(f["outcome"], f["reason"], f["local_workload"]) for f in answered] == [("unattributed", "untrusted_clock", None)]
+    assert [v.reason for t, v in out if t == "dead"] == ["untrusted_clock"]
+    # Another exporter's records, read by the same worker, are untouched.
+    out = r.route([message([{**flow("10.0.0.3"), "exporter": "g"}], key=b"g", offset=1)])
+    assert len(items(out, Lookup)) == 1
+
+
+def test_one_record_from_the_future_is_not_believed_but_its_batch_is():
+    r, _ = router()
+    odd = flow("10.0.0.2", start_ms=NOW + 50 * 60_000, end_ms=NOW + 50 * 60_000 + 1)
+    out = r.route([message([odd, flow("10.0.0.3"), heartbeat()])])
+    assert [l.flow["remote_ip"] for l in items(out, Lookup)] == ["10.0.0.3"]
+    [answered] = [v for t, v in out if t == "answered"]
+    assert [f["reason"] for f in answered] == ["untrusted_clock"]
+
+
+def test_a_claim_through_a_shared_address_carries_its_ports():
+    r, _ = router()
+    out = r.route([message([flow("10.0.0.2", local_ports=[20000, 20999]), heartbeat(ports=[21000, 21999])])])
+    assert sorted(c.ports for c in items(out, Claim)) == [(20000, 20999), (21000, 21999)]
+
+
+def test_each_worker_thread_routes_with_its_own_progress():
+    config = load_config(environ={}, overrides={"region": "us-east", "attribution.shards": 4})
+    config = config.__class__(**{**config.__dict__, "regions": REGIONS})
+    routers = Routers(config, Tally(), Entitlements(False))
+    told: dict[int, list] = {}
+
+    def read(partition):
+        msgs = [Message(orjson.dumps(flow("10.0.0.2")), Origin("t", partition, i, RAW), key=b"h",
+                        arrival_ms=NOW + partition * 1000 + i) for i in range(50)]
+        told[partition] = [w.reached for m in msgs for t, w in routers.route([m]) if type(w) is Progress]
+
+    threads = [threading.Thread(target=read, args=(p,)) for p in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # A worker tells only of the partitions it read itself, never of another thread's.
+    for partition, reached in told.items():
+        assert reached and all(set(r) == {(RAW, partition)} for r in reached)
 
 
 def test_shards_are_the_same_in_every_process():

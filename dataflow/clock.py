@@ -1,0 +1,117 @@
+"""The clock that decides, and how far each host's own clock can be believed.
+
+Decisions run on arrival time: the broker's timestamp of each input message (the time it was appended,
+which no exporter can set and a replay reads back exactly). A shard decides at arrival time T only once
+every input partition has been read up to T, and it applies evidence in arrival order, so what it knows
+at T is exactly what had arrived by T, however far ahead one partition was read. Exporters' own
+timestamps only say *when* a workload owned an address; they are corrected by each exporter's offset
+estimated here, and an exporter whose offset is beyond the bound is not believed at all.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterable, Mapping
+
+PartitionId = tuple[str, int]  # (input role, partition)
+ENDED = 1 << 62  # a partition that will never bring anything more (the end of an input file)
+
+
+class ArrivalClock:
+    """Where every input partition has been read up to, in arrival time: the time it is for deciding."""
+
+    __slots__ = ("expected", "reached", "_now")
+
+    def __init__(self, expected: Iterable[PartitionId]):
+        self.expected = frozenset(expected)
+        self.reached: dict[PartitionId, int] = {}
+        self._now: int | None = None
+
+    def observe(self, reached: Mapping[PartitionId, int]) -> None:
+        """A reader's word that everything of these partitions up to these times has been read."""
+        moved = False
+        for partition, t in reached.items():
+            if t > self.reached.get(partition, -1):
+                self.reached[partition] = t
+                moved = True
+        if moved and len(self.reached.keys() & self.expected) == len(self.expected):
+            self._now = min(self.reached[p] for p in self.expected)
+
+    def now(self) -> int | None:
+        """None until every expected partition has spoken: before that, nothing can be decided."""
+        return self._now
+
+
+def first_try_ms(start_ms: int, arrival_ms: int, delay_ms: int) -> int:
+    """When to first look a flow's remote end up: `delay` after its start, when the other host's report
+    of the same moment has had time to arrive; never before the flow itself arrived, and never more
+    than `delay` after, so a host whose clock runs ahead cannot hold its own flows back."""
+    return min(max(arrival_ms, start_ms + delay_ms), arrival_ms + delay_ms)
+
+
+class ArrivalCheck:
+    """How far each exporter's clock is at least ahead, from the only clock it cannot move: its messages'
+    arrival. An exporter stamps its heartbeats' end with its report's time, and a report cannot arrive
+    before it was made, so `report time - arrival` is a lower bound on how far ahead its clock runs.
+    (A clock running behind looks like a slow delivery here; the two halves of connections tell those
+    apart, in PeerClocks.) One exporter's messages all carry its id as their key and so come through one
+    partition, read by one worker: the check depends on that partition's messages alone."""
+
+    SAMPLES = 16
+
+    def __init__(self, bound_ms: int):
+        self.bound_ms = bound_ms
+        self.samples: dict[str, deque[int]] = {}
+
+    def observe(self, exporter: str, arrival_ms: int, report_ms: int) -> bool:
+        """Take one message's (arrival, report time); False when the exporter's clock is beyond the bound."""
+        samples = self.samples.get(exporter)
+        if samples is None:
+            samples = self.samples[exporter] = deque(maxlen=self.SAMPLES)
+        samples.append(report_ms - arrival_ms)
+        return self.trusted(exporter)
+
+    def trusted(self, exporter: str) -> bool:
+        samples = self.samples.get(exporter)
+        return not samples or max(samples) <= self.bound_ms
+
+
+class PeerClocks:
+    """Each exporter's clock offset as the two halves of the same connections show it: both hosts report
+    one connection, each on its own clock, and the two reports meet at the shard of the address that was
+    called. A difference between two reports is the difference of two offsets; over many peers, the
+    median of an exporter's differences is its own offset (as long as most of its peers keep time).
+    Offsets within the guard are clock noise that ranges' guard absorbs; larger ones are corrected;
+    beyond the bound the exporter is not believed."""
+
+    SAMPLES = 15
+    MIN_SAMPLES = 3
+
+    def __init__(self, guard_ms: int, bound_ms: int):
+        self.guard_ms = guard_ms
+        self.bound_ms = bound_ms
+        self.samples: dict[str, deque[int]] = {}
+
+    def observe(self, looker: str, reporter: str, difference_ms: int) -> None:
+        """One connection: the reporter's start minus the looker's start for the same connection."""
+        if looker == reporter or abs(difference_ms) > 2 * self.bound_ms:
+            return
+        for exporter, sample in ((reporter, difference_ms), (looker, -difference_ms)):
+            samples = self.samples.get(exporter)
+            if samples is None:
+                samples = self.samples[exporter] = deque(maxlen=self.SAMPLES)
+            samples.append(sample)
+
+    def offset(self, exporter: str) -> int | None:
+        """ms the exporter's clock runs ahead (0 within the guard or unknown); None beyond the bound."""
+        samples = self.samples.get(exporter)
+        if samples is None or len(samples) < self.MIN_SAMPLES:
+            return 0
+        ordered = sorted(samples)
+        median = ordered[len(ordered) // 2]
+        if abs(median) > self.bound_ms:
+            return None
+        return median if abs(median) > self.guard_ms else 0
+
+    def untrusted(self) -> list[str]:
+        return sorted(e for e in self.samples if self.offset(e) is None)
