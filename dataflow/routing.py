@@ -236,7 +236,8 @@ class Router:
                     kept.append(record)
                 else:
                     detail = f"exporter {record['exporter']!r} came under message key {claimed!r}"
-                    bad.append(DeadLetter("exporter_key_mismatch", detail, message.value or b"", message.origin))
+                    keep = self.limits.dead_letter_bytes
+                    bad.append(DeadLetter.of("exporter_key_mismatch", detail, orjson.dumps(record), message.origin, keep))
             records = kept
             if not records:
                 return records

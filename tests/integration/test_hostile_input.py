@@ -64,18 +64,24 @@ def long_comm_batch(template, n=600):
 
 
 def build_input(fleet):
-    """The fleet's raw messages with the pills and the long-comm batch spread among them; the good flow
-    ids (the flows in the fleet's messages and the long-comm batch), and each pill's expected reasons."""
+    """The fleet's raw messages as (arrival, key, value), the pills (no key, no arrival: plain lines of a
+    recording) and the long-comm batch (under its exporter's key) spread among them; the good flows, and
+    each pill's expected reasons."""
     template = next(r for _, v in fleet.flow_messages for r in orjson.loads(v)
                     if r["kind"] == "flow" and r["remote_ip"].startswith(HOME_REMOTE))
     pills = poison_pills(template)
-    good = [v for _, v in fleet.flow_messages] + [long_comm_batch(template)]
-    step = max(1, len(good) // (len(pills) + 1))
-    messages = list(good)
+    messages = [(arrival, sim.message_key(v), v) for arrival, v in fleet.flow_messages]
+    middle = messages[len(messages) // 2][0]
+    messages.insert(len(messages) // 2, (middle, template["exporter"].encode(), long_comm_batch(template)))
+    step = max(1, len(messages) // (len(pills) + 1))
     for i, (_, pill, _) in enumerate(pills):
-        messages.insert((i + 1) * step + i, pill)
-    flows = [r for v in good for r in orjson.loads(v) if r["kind"] == "flow"]
+        messages.insert((i + 1) * step + i, (None, None, pill))
+    flows = [r for arrival, key, v in messages if key for r in orjson.loads(v) if r["kind"] == "flow"]
     return messages, flows, pills
+
+
+def as_lines(messages):
+    return b"".join((v if key is None else b"%d\t%s\t%s" % (arrival, key, v)) + b"\n" for arrival, key, v in messages)
 
 
 def write_config(path, **sections):
@@ -108,9 +114,9 @@ def check_outputs(answers, forwarded, dead, flows, pills):
 
 def test_file_mode_dead_letters_each_poison_pill_and_answers_every_good_record(tmp_path, fleet, figures):
     messages, flows, pills = build_input(fleet)
-    folder = tmp_path / "input"
-    folder.mkdir()
-    (folder / "flows.ndjson").write_bytes(b"".join(m + b"\n" for m in messages))
+    folder = sim.write(fleet, tmp_path / "input")
+    (folder / "forwarded.ndjson").unlink()
+    (folder / "flows.ndjson").write_bytes(as_lines(messages))
     config = write_config(tmp_path / "flowattr.toml", attribution={"delay_s": 12, "max_wait_s": 30})
     run = subprocess.run([sys.executable, "-m", "dataflow.cli", "--config", str(config), "run", "--input-dir",
                           str(folder), "--output-dir", str(tmp_path / "out")],
@@ -133,18 +139,21 @@ def test_kafka_job_dead_letters_each_poison_pill_and_splits_its_outputs_to_fit(k
     prefix = f"t{uuid.uuid4().hex[:8]}."
     k = {"brokers": kafka_bootstrap, "partitions": 1, "raw_topic": f"{prefix}flows.raw",
          "ip_events_topic": f"{prefix}ip-events", "attributed_topic": f"{prefix}flows.attributed",
-         "dlq_topic": f"{prefix}flows.dlq", "forward_prefix": f"{prefix}flows.forward."}
+         "dlq_topic": f"{prefix}flows.dlq", "forward_prefix": f"{prefix}flows.forward.",
+         "exporters_topic": f"{prefix}exporters"}
     # The raw topic takes messages up to 8 MB, so the oversize pill reaches the job; the answers' topic
     # takes only 200 kB, so the job must split its answers to fit it.
     create_topics(kafka_bootstrap, [k["raw_topic"]], config={"max.message.bytes": "8000000"})
     create_topics(kafka_bootstrap, [k["attributed_topic"]], config={"max.message.bytes": "200000"})
     config_path = write_config(tmp_path / "flowattr.toml", kafka=k,
-                               attribution={"delay_s": 12, "max_wait_s": 30, "idle_advance_s": 2})
+                               attribution={"delay_s": 12, "max_wait_s": 30})
     ensure_topics(load_config(config_path, environ={}))
     messages, flows, pills = build_input(fleet)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 8_000_000, "linger.ms": 5})
-    for m in messages:
-        producer.produce(k["raw_topic"], m)
+    for entitlement in sim.entitlements(fleet):
+        producer.produce(k["exporters_topic"], orjson.dumps(entitlement), entitlement["exporter"].encode())
+    for _, key, value in messages:
+        producer.produce(k["raw_topic"], value, key)
         producer.poll(0)
     assert producer.flush(60) == 0
 
