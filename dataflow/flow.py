@@ -22,7 +22,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from dataflow import file_io, kafka_io
-from dataflow.attribution import Shard
+from dataflow.attribution import Lookup, Shard
 from dataflow.config import Config, check_job, load_config
 from dataflow.entitlements import Entitlements
 from dataflow.records import DeadLetter, Origin, encode_batches
@@ -76,9 +76,11 @@ def build(config: Config, tally: Tally, shutdown: Shutdown | None = None) -> Dat
     others = split.falses
 
     decided = op.stateful_batch(
-        "attribute", by_shard, lambda resume: ShardLogic(config, resume, partitions, file_mode, collector)
+        "attribute", by_shard, lambda resume: ShardLogic(config, resume, partitions, file_mode, collector, tally)
     )
-    decided_flows = op.map("decided_flows", decided, lambda key_flows: key_flows[1])
+    decided = op.branch("split_decided", decided, lambda key_out: type(key_out[1]) is list)
+    decided_flows = op.map("decided_flows", decided.trues, lambda key_flows: key_flows[1])
+    shard_dead = op.map("shard_dead_letters", decided.falses, lambda key_letter: key_letter[1].to_record())
     answered_at_once = op.filter_map(
         "answered_at_once", others, lambda item: item[1] if item[0] == "answered" else None
     )
@@ -86,6 +88,7 @@ def build(config: Config, tally: Tally, shutdown: Shutdown | None = None) -> Dat
     answers = op.map("count_outcomes", answers, lambda flows: _count_outcomes(flows, tally))
     forwards = op.filter_map("forwards", others, lambda item: item[1] if item[0] == "forward" else None)
     dead = op.filter_map("dead_letters", others, lambda item: item[1].to_record() if item[0] == "dead" else None)
+    dead = op.merge("all_dead_letters", dead, shard_dead)
 
     if file_mode:
         out = config.files.output_dir
@@ -155,8 +158,10 @@ class ShardLogic(StatefulBatchLogic):
     """Bytewax's hold on one Shard: feeds it work and progress, answers the rest at the end of a file
     input, snapshots it. It needs no timer: readers keep telling it how far they have read."""
 
-    def __init__(self, config: Config, resume: bytes | None, partitions, finite: bool, collector):
+    def __init__(self, config: Config, resume: bytes | None, partitions, finite: bool, collector, tally: Tally):
         self.collector = collector
+        self.tally = tally
+        self.keep = config.limits.dead_letter_bytes
         if resume is not None:
             self.shard = pickle.loads(resume)
         else:
@@ -165,11 +170,23 @@ class ShardLogic(StatefulBatchLogic):
         self.recovery = bool(config.recovery.dir)
 
     def on_batch(self, items: list) -> tuple[list, bool]:
-        decided = []
+        decided, dead = [], []
         for item in items:
-            decided.extend(self.shard.absorb(item))
+            try:
+                decided.extend(self.shard.absorb(item))
+            except Exception as e:  # noqa: BLE001 - a surprise in one message's work must not stop the job
+                dead.extend(self._dead_letters(item, e))
         self.collector.tend()
-        return ([decided] if decided else []), StatefulBatchLogic.RETAIN
+        return ([decided] if decided else []) + dead, StatefulBatchLogic.RETAIN
+
+    def _dead_letters(self, item, error: Exception) -> list[DeadLetter]:
+        """The flows whose lookups came in the work that failed, as dead letters (they would otherwise
+        never be answered); the failure is counted whatever the work held."""
+        detail = f"{type(error).__name__}: {error}"
+        lookups = [i.flow for i in getattr(item, "items", ()) if type(i) is Lookup]
+        self.tally.add({"errors.shard": 1, "dead.internal_error": len(lookups)})
+        where = Origin("shard", *getattr(item, "order", (0, -1, -1))[1:], "shard")
+        return [DeadLetter.of("internal_error", detail, orjson.dumps(f), where, self.keep) for f in lookups]
 
     def on_eof(self) -> tuple[list, bool]:
         if not self.finite:
