@@ -47,7 +47,12 @@ class AttributionConfig:
     delay_s: float = 60.0
     max_wait_s: float = 300.0
     retention_s: float = 3600.0
-    max_ranges_per_ip: int = 32
+    max_ranges_per_ip: int = 32  # and port ranges per shared address; beyond it the oldest goes, counted
+    # Bounds on one shard's state under a scan or a flood (memory grows with them): beyond them the
+    # lookup due soonest is answered at once from what is known, the oldest connection report dropped;
+    # each eviction is counted (evicted.* in the summary).
+    max_pending_per_shard: int = 50_000
+    max_connections_per_shard: int = 100_000
     # Host clocks disagree by a few hundred ms; a range lookup this close to another owner's range
     # is reported as a conflict rather than guessed.
     skew_guard_ms: int = 1000
@@ -292,6 +297,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "attribution.max_wait_s": (0, 7 * DAY_S),
     "attribution.retention_s": (1, 30 * DAY_S),
     "attribution.max_ranges_per_ip": (1, 100_000),
+    "attribution.max_pending_per_shard": (1, 100_000_000),
+    "attribution.max_connections_per_shard": (1, 100_000_000),
     "attribution.skew_guard_ms": (0, 600_000),
     "attribution.connection_window_ms": (0, 600_000),
     "attribution.event_settle_s": (0, DAY_S),

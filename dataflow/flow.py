@@ -176,6 +176,9 @@ class ShardLogic(StatefulBatchLogic):
                 decided.extend(self.shard.absorb(item))
             except Exception as e:  # noqa: BLE001 - a surprise in one message's work must not stop the job
                 dead.extend(self._dead_letters(item, e))
+        if self.shard.evicted:
+            self.tally.add({f"evicted.{kind}": n for kind, n in self.shard.evicted.items()})
+            self.shard.evicted.clear()
         self.collector.tend()
         return ([decided] if decided else []) + dead, StatefulBatchLogic.RETAIN
 
