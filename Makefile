@@ -17,6 +17,13 @@ test: $(STAMP) kafka-jars ebpf-deps
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
+# The fault and hostile-input tests, then docs/RELIABILITY.md's table from their own figures.
+reliability: $(STAMP) kafka-jars
+	rm -f out/reliability.json
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_fuzz_records.py tests/integration/test_hostile_input.py \
+		tests/integration/test_clean_edges.py tests/integration/test_restarts.py tests/integration/test_bounded_state.py
+	$(BIN)/python scripts/reliability_table.py
+
 # The decoder fuzzed for longer than `make test` does: generated records, then coverage-guided bytes.
 fuzz: $(STAMP)
 	FLOWATTR_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_fuzz_records.py -k "not coverage_guided"
