@@ -43,7 +43,8 @@ def flood_messages(start_ms, arrivals):
     address claimed port by port."""
     for n, i in enumerate(range(0, FLOOD, BATCH)):
         batch = [{"v": 2, "kind": "heartbeat", "exporter": "flooder", "region": sim.HOME, "ip": "10.0.254.1",
-                  "workload": f"w{j}", "start_ms": start_ms + 2 * j, "end_ms": start_ms + 2 * j} for j in range(i, i + BATCH)]
+                  "workload": f"w{j}", "start_ms": start_ms + j % 30_000, "end_ms": start_ms + j % 30_000}
+                 for j in range(i, i + BATCH)]
         yield arrivals[n % len(arrivals)], b"flooder", orjson.dumps(batch)
     for n, i in enumerate(range(1, SHARED_PORT_CLAIMS + 1, BATCH)):
         batch = [{"v": 2, "kind": "heartbeat", "exporter": "flooder", "region": sim.HOME, "ip": "10.0.254.2",
