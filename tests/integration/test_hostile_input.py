@@ -21,7 +21,7 @@ from dataflow import simulate as sim
 from dataflow.config import load_config
 from dataflow.file_io import read_outputs
 from dataflow.kafka_io import ensure_topics
-from kafka_io import create_topics, read_records
+from kafka_io import consume_all, create_topics, read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -176,7 +176,7 @@ def test_kafka_job_dead_letters_each_poison_pill_and_splits_its_outputs_to_fit(k
     assert code == 0 and "panicked" not in stderr and "Traceback" not in stderr, stderr[-3000:]
     answers, forwarded, dead = (out[t] for t in topics)
     check_outputs(answers, forwarded, dead, flows, pills)
-    sizes = [len(r.value) for r in _raw_messages(kafka_bootstrap, topics[0])]
+    sizes = [len(r.value) for r in consume_all(kafka_bootstrap, topics[0])]
     assert max(sizes) <= 200_000 and len(sizes) > 600 * 4000 // 200_000
     figures.record("test_kafka_job_dead_letters_each_poison_pill_and_splits_its_outputs_to_fit",
                    f"{len(pills)} poison pills among good batches (Kafka), answers' topic max.message.bytes 200 kB",
@@ -184,7 +184,3 @@ def test_kafka_job_dead_letters_each_poison_pill_and_splits_its_outputs_to_fit(k
                    messages_in=len(messages), answered=len(answers), forwarded=len(forwarded),
                    dead_lettered=len(dead), lost=len(flows) - len(answers) - len(forwarded), repeats_disagreeing=0)
 
-
-def _raw_messages(bootstrap, topic):
-    from kafka_io import consume_all
-    return consume_all(bootstrap, topic)
