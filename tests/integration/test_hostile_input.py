@@ -183,4 +183,3 @@ def test_kafka_job_dead_letters_each_poison_pill_and_splits_its_outputs_to_fit(k
                    "as in file mode, and every output message within the topic's limit; exit 0 on SIGTERM",
                    messages_in=len(messages), answered=len(answers), forwarded=len(forwarded),
                    dead_lettered=len(dead), lost=len(flows) - len(answers) - len(forwarded), repeats_disagreeing=0)
-
