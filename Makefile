@@ -18,7 +18,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
 # The fault and hostile-input tests, then docs/RELIABILITY.md's table from their own figures.
-reliability: $(STAMP) kafka-jars
+reliability: $(STAMP) kafka-jars ebpf-deps
 	rm -f out/reliability.json
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_fuzz_records.py tests/integration/test_hostile_input.py \
 		tests/integration/test_clean_edges.py tests/integration/test_restarts.py tests/integration/test_bounded_state.py
