@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import socket
 import sys
 import threading
@@ -17,9 +16,10 @@ from pathlib import Path
 
 from dataflow import deps, entitle, replay, scale, submit, tail
 from dataflow import simulate as sim
-from dataflow.config import Config, ConfigError, load_config
+from dataflow.config import Config, ConfigError, check_job, load_config
 from dataflow.local_cluster import DEFAULT_RUN_DIR, Supervisor
 from dataflow.routing import Tally
+from dataflow.shutdown import Shutdown
 from dataflow.summary import file_run_summary, render
 from exporter.cli import register as register_exporter
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--output-dir", help="file mode: write outputs here")
     run.add_argument("--brokers", help="Kafka bootstrap servers (Kafka mode)")
     run.add_argument("--region", help="this job's region")
+    run.add_argument("--regions", help='every region\'s CIDRs, "NAME=CIDR,CIDR;OTHER=CIDR" (replaces [regions])')
     run.add_argument("-w", "--workers", type=int, default=1, help="worker threads in this process")
     run.add_argument("--summary-every", type=float, default=30.0, help="Kafka mode: seconds between summary lines")
     run.add_argument("--processes", type=int, help="Kafka mode: a local deployment of this many processes, "
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "kafka.brokers": getattr(args, "brokers", None),
         "region": getattr(args, "region", None),
+        "regions": getattr(args, "regions", None),
         "files.input_dir": getattr(args, "input_dir", None),
         "files.output_dir": getattr(args, "output_dir", None),
     }
@@ -92,6 +94,7 @@ def _run(args, config: Config) -> int:
         raise ConfigError("give --embedded, --input-dir DIR, or --brokers HOST:PORT (or kafka.brokers in the config)")
     elif config.files.input_dir and not Path(config.files.input_dir).is_dir():
         raise ConfigError(f"input folder {config.files.input_dir} does not exist")
+    check_job(config)
 
     tally = Tally()
     addresses, process_id = config.cluster_addresses(socket.gethostname())
@@ -118,7 +121,8 @@ def _run(args, config: Config) -> int:
             return 1
         return 0
 
-    flow = build(config, tally)
+    shutdown = Shutdown()
+    flow = build(config, tally, shutdown)
     stop = threading.Event()
     reporter = threading.Thread(target=_report_every, args=(tally, args.summary_every, stop), daemon=True)
     reporter.start()
@@ -127,13 +131,13 @@ def _run(args, config: Config) -> int:
         f"flowattr run: Kafka {config.kafka.brokers}, region {config.region}, {args.workers} worker(s){where}",
         flush=True,
     )
-    signal.signal(signal.SIGTERM, _interrupt)
+    shutdown.install()
     try:
         cli_main(flow, workers_per_process=args.workers, **cluster, **_recovery(config))
     except KeyboardInterrupt:
         pass
     except Exception as e:
-        # The runtime wraps an interrupt that lands in a step in its own error.
+        # A second signal interrupts a step; the runtime wraps that in its own error.
         if not _interrupted(e):
             raise
     finally:
@@ -164,11 +168,6 @@ def _interrupted(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
-
-
-def _interrupt(signum, frame):
-    # A pod is stopped with SIGTERM; end the run as Ctrl-C does, with the final summary line.
-    raise KeyboardInterrupt
 
 
 def _embedded(config: Config):

@@ -13,22 +13,22 @@ CONFLICT = object()
 """owner_at's answer when more than one workload claims the time asked about."""
 
 
-def claim(spans: list, workload, start: int, end: int, max_ranges: int) -> None:
+def claim(spans: list, workload, start: int, end: int, max_ranges: int) -> bool:
     """Record that `workload` (a claimer) owned the address during [start, end].
 
     Ranges of the same claimer that overlap or touch are merged; ranges of different claimers are
     kept side by side, overlapping or not, so that owner_at can see a conflict. Beyond `max_ranges`
-    the range that starts earliest is dropped.
+    the range that starts earliest is dropped (and True returned, for the count).
     """
     if spans and spans[-1] == workload and spans[-3] <= start <= spans[-2]:
         # The common case: the newest range of the same owner grows.
         if end > spans[-2]:
             spans[-2] = end
-        return
+        return False
     for i in range(len(spans) - 3, -1, -3):
         # Next most common: a range of the same owner already holds the whole claim.
         if spans[i + 2] == workload and spans[i] <= start and end <= spans[i + 1]:
-            return
+            return False
     i = 0
     while i < len(spans):
         s, e, w = spans[i], spans[i + 1], spans[i + 2]
@@ -41,6 +41,8 @@ def claim(spans: list, workload, start: int, end: int, max_ranges: int) -> None:
     _insert(spans, start, end, workload)
     if len(spans) > 3 * max_ranges:
         del spans[:3]
+        return True
+    return False
 
 
 def _insert(spans: list, start: int, end: int, workload: str) -> None:
