@@ -72,8 +72,10 @@ eval: $(STAMP)
 	$(BIN)/python -m bench.accuracy
 
 bench: $(STAMP) kafka-jars ebpf-deps cni-plugins
-	$(BIN)/python -m bench.dataflow_bench
-	$(BIN)/python bench/exporter_bench.py
+	rm -rf out/bench
+	$(BIN)/python -m bench.run
+	-$(BIN)/python -m bench.exporter_bench
+	$(BIN)/python -m bench.render
 	$(BIN)/python bench/cni_bench.py
 
 k8s-render: $(STAMP)
