@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker.launch import Broker, BrokerError, SaslSsl
 from dataflow.config import load_config
-from dataflow.kafka_io import ensure_topics, read_topic
+from dataflow.kafka_io import ensure_topics
+from dataflow.topic_reader import TopicReader, consumer
 from exporter.ship import KafkaShipper
 from kafka_io import Record, admin, consume_all, produce
 from test_exporter_capture import Agent, connect, exporter_env, flowattr, pin_dir, require_ebpf, serve, sh  # noqa: F401
@@ -92,9 +93,11 @@ def test_admin_producer_and_tail_consumer_over_sasl_ssl(secure, mechanism):
     assert (shipper.stats.delivered, shipper.stats.batches, shipper.stats.dropped) == (5, 3, 0)
 
     read = []
-    for message in read_topic(config.kafka, config.kafka.raw_topic, timeout_s=3):
+    reader = TopicReader(consumer(config), config.kafka.raw_topic)
+    reader.start()
+    for message in reader.messages():
         if message is None:
-            break
+            continue
         assert message.key() == NODE.encode()
         read.extend(orjson.loads(message.value()))
     assert sorted(r["n"] for r in read) == list(range(5))
