@@ -43,6 +43,7 @@ eval: $(STAMP)
 
 bench: $(STAMP) kafka-jars ebpf-deps
 	$(BIN)/python -m bench.dataflow_bench
+	$(BIN)/python -m bench.latency
 	$(BIN)/python bench/exporter_bench.py
 
 k8s-render: $(STAMP)

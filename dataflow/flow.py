@@ -70,7 +70,7 @@ def build(config: Config, tally: Tally) -> Dataflow:
     others = split.falses
 
     decided = op.stateful_batch(
-        "attribute", by_shard, lambda resume: ShardLogic(config, resume, partitions, file_mode, collector)
+        "attribute", by_shard, lambda resume: ShardLogic(config, resume, partitions, file_mode, collector, tally)
     )
     decided_flows = op.map("decided_flows", decided, lambda key_flows: key_flows[1])
     answered_at_once = op.filter_map(
@@ -143,8 +143,9 @@ class ShardLogic(StatefulBatchLogic):
     """Bytewax's hold on one Shard: feeds it work and progress, answers the rest at the end of a file
     input, snapshots it. It needs no timer: readers keep telling it how far they have read."""
 
-    def __init__(self, config: Config, resume: bytes | None, partitions, finite: bool, collector):
+    def __init__(self, config: Config, resume: bytes | None, partitions, finite: bool, collector, tally: Tally):
         self.collector = collector
+        self.tally = tally
         if resume is not None:
             self.shard = pickle.loads(resume)
         else:
@@ -154,8 +155,12 @@ class ShardLogic(StatefulBatchLogic):
 
     def on_batch(self, items: list) -> tuple[list, bool]:
         decided = []
+        late = self.shard.late
         for item in items:
             decided.extend(self.shard.absorb(item))
+        if self.shard.late > late:
+            # Evidence read after the clock had passed its arrival: a replay may answer differently.
+            self.tally.add({"late": self.shard.late - late})
         self.collector.tend()
         return ([decided] if decided else []), StatefulBatchLogic.RETAIN
 
