@@ -4,6 +4,11 @@
 # see docs/kubernetes.md ("What was verified").
 #   docker build -t ghcr.io/flowattr/flowattr:0.1.0 .
 
+# flowattr-cni's shim (exporter/cnishim): a static binary the container runtime runs on the host.
+FROM golang:1.22-bookworm AS cnishim
+COPY exporter/cnishim /src
+RUN cd /src && CGO_ENABLED=0 go build -o /flowattr-cni .
+
 FROM python:3.11-slim-bookworm AS build
 # pytricia is published as source only: building it needs a C compiler, kept out of the final image.
 RUN apt-get update \
@@ -27,6 +32,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-bpfcc libelf1 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/flowattr /opt/flowattr
+COPY --from=cnishim /flowattr-cni /opt/flowattr/libexec/flowattr-cni
 RUN echo /usr/lib/python3/dist-packages \
       > "$(/opt/flowattr/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/debian-bcc.pth" \
  && /opt/flowattr/bin/python -c "import bcc, dataflow.cli, exporter.cli"

@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit venv kafka-jars kafka-up kafka-down ebpf-deps bench eval k8s-render clean
+.PHONY: run test unit venv kafka-jars kafka-up kafka-down ebpf-deps cni-plugins bench eval k8s-render dashboard clean
 
 # The main job on the embedded default: a simulated fleet, no Kafka, nothing else running.
 run: $(STAMP)
 	$(BIN)/flowattr run --embedded
 
 # The whole suite: unit, integration (real Kafka broker, real eBPF as root, real processes), k8s.
-test: $(STAMP) kafka-jars ebpf-deps
+test: $(STAMP) kafka-jars ebpf-deps cni-plugins
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 unit: $(STAMP)
@@ -38,17 +38,41 @@ kafka-down: $(STAMP)
 ebpf-deps: $(STAMP)
 	sh scripts/ebpf-deps.sh $(VENV)
 
+# The reference CNI plugins and cnitool from their Go modules (the proxy), and flowattr-cni's shim,
+# for the CNI tests; built once into .build/cni/bin. Needs Go (a Go older than a module asks for
+# fetches the toolchain it names).
+CNI_BIN := .build/cni/bin
+CNI_PLUGINS_VERSION := v1.9.1
+CNI_VERSION := v1.3.0
+cni-plugins: $(CNI_BIN)/cnitool $(CNI_BIN)/flowattr-cni
+
+$(CNI_BIN)/cnitool:
+	GOBIN=$(CURDIR)/$(CNI_BIN) go install \
+	  github.com/containernetworking/plugins/plugins/main/bridge@$(CNI_PLUGINS_VERSION) \
+	  github.com/containernetworking/plugins/plugins/ipam/host-local@$(CNI_PLUGINS_VERSION) \
+	  github.com/containernetworking/plugins/plugins/main/loopback@$(CNI_PLUGINS_VERSION)
+	GOBIN=$(CURDIR)/$(CNI_BIN) go install github.com/containernetworking/cni/cnitool@$(CNI_VERSION)
+
+$(CNI_BIN)/flowattr-cni: exporter/cnishim/main.go exporter/cnishim/go.mod
+	cd exporter/cnishim && CGO_ENABLED=0 go build -o $(CURDIR)/$@ .
+
 eval: $(STAMP)
 	$(BIN)/python -m bench.accuracy
 
-bench: $(STAMP) kafka-jars ebpf-deps
+bench: $(STAMP) kafka-jars ebpf-deps cni-plugins
 	$(BIN)/python -m bench.dataflow_bench
 	$(BIN)/python -m bench.latency
 	$(BIN)/python bench/exporter_bench.py
+	$(BIN)/python bench/cni_bench.py
 
 k8s-render: $(STAMP)
 	@mkdir -p out/k8s
 	@for d in k8s/base k8s/overlays/*/; do n=$$(basename $$d); kubectl kustomize $$d > out/k8s/$$n.yaml || exit 1; echo "out/k8s/$$n.yaml"; done
+
+# The Grafana dashboard drawn from a real local run's scraped metrics -> docs/images/dashboard.png (root).
+dashboard: $(STAMP) kafka-jars ebpf-deps
+	$(BIN)/python scripts/dashboard_picture.py record out/dashboard/recording.ndjson --minutes 4
+	$(BIN)/python scripts/dashboard_picture.py draw out/dashboard/recording.ndjson docs/images/dashboard.png
 
 clean:
 	rm -rf $(VENV) out broker/run

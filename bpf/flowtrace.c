@@ -3,7 +3,8 @@
 // kernel, so struct layouts would be wrong while tracepoint layouts come from tracefs.
 //
 // Built by exporter/capture.py with -DMAX_CONNECTIONS, -DMAX_WORKLOADS, -DRINGBUF_PAGES and
-// optionally -DCAPTURE_LOOPBACK.
+// optionally -DCAPTURE_LOOPBACK, and -DSOCK_NET_OFFSET/-DNET_INUM_OFFSET when the running kernel's
+// BTF gives them (exporter/kernel_layout.py).
 
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
@@ -25,14 +26,24 @@ struct ip_key {
     u8 addr[16];
 };
 
-struct ip_port_key {
-    u8 addr[16];
-    u16 port; // host byte order
-    u16 pad;
+// LPM trie key over (IPv4, port), both in network byte order, so that a port range decomposes into
+// a few aligned prefixes: 10.0.3.8 ports 20000-20999 is six entries. pad is never part of a prefix.
+struct ports_key {
+    u32 prefixlen;
+    u8 addr[4];
+    u8 port[2];
+    u8 pad[2];
 };
 
 struct workload {
     char name[WORKLOAD_LEN];
+};
+
+// Every prefix of a range carries the whole range, so a flow can say which ports its claim covers.
+struct ports_workload {
+    struct workload workload;
+    u16 lo;
+    u16 hi;
 };
 
 struct conn {
@@ -45,6 +56,9 @@ struct conn {
     u16 rport;
     u8 laddr[16];
     u8 raddr[16];
+    u32 netns;    // the socket's network namespace (inode number), 0 when not known
+    u16 ports_lo; // the claimed port range when an (IPv4, ports) entry named the workload, else 0
+    u16 ports_hi;
     u8 direction;
     u8 pad[7];
     char comm[16];
@@ -62,21 +76,24 @@ struct flow_event {
     u16 rport;
     u8 laddr[16];
     u8 raddr[16];
+    u32 netns;    // the socket's network namespace (inode number), 0 when not known
+    u16 ports_lo; // the claimed port range when an (IPv4, ports) entry named the workload, else 0
+    u16 ports_hi;
     u8 direction;
     u8 pad[7];
     char comm[16];
     struct workload workload;
 };
 
-// Filled by `flowattr ipman` (or a container platform): local IP -> workload, and (local IP, local
-// port) -> workload for workloads sharing one address. Pinned so they outlive the agent; the agent
+// Filled by `flowattr ipman` (or a container platform, or flowattr-cni): local IP -> workload, and
+// (local IPv4, local port range) -> workload for workloads sharing one address. Pinned so they outlive the agent; the agent
 // opens the pins and puts them in slot 0 of these one-slot arrays of maps. (BCC's BPF_TABLE_PINNED
 // would reopen a pin by map id, BPF_MAP_GET_FD_BY_ID, which needs CAP_SYS_ADMIN.) The *_shape maps
 // are only the templates the arrays of maps require; they stay empty.
 BPF_HASH(ip_workload_shape, struct ip_key, struct workload, MAX_WORKLOADS);
-BPF_HASH(ip_port_workload_shape, struct ip_port_key, struct workload, MAX_WORKLOADS);
+BPF_LPM_TRIE(ip_ports_workload_shape, struct ports_key, struct ports_workload, MAX_WORKLOADS);
 BPF_ARRAY_OF_MAPS(ip_workload, "ip_workload_shape", 1);
-BPF_ARRAY_OF_MAPS(ip_port_workload, "ip_port_workload_shape", 1);
+BPF_ARRAY_OF_MAPS(ip_ports_workload, "ip_ports_workload_shape", 1);
 
 // Keyed by the socket address: an opaque id, never dereferenced.
 BPF_HASH(connections, u64, struct conn, MAX_CONNECTIONS);
@@ -107,12 +124,20 @@ static __always_inline void find_workload(struct conn *c)
 {
     int slot = 0;
     struct workload *w = NULL;
-    void *by_port = ip_port_workload.lookup(&slot);
-    if (by_port) {
-        struct ip_port_key pk = {};
-        __builtin_memcpy(pk.addr, c->laddr, 16);
-        pk.port = c->lport;
-        w = bpf_map_lookup_elem(by_port, &pk);
+    void *by_ports = ip_ports_workload.lookup(&slot);
+    // Only IPv4 addresses are shared by port: ::ffff:a.b.c.d
+    u32 third = *(const u32 *)(c->laddr + 8);
+    if (by_ports && *(const u64 *)c->laddr == 0 && third == 0xffff0000) {
+        struct ports_key pk = {.prefixlen = 48};
+        __builtin_memcpy(pk.addr, c->laddr + 12, 4);
+        pk.port[0] = c->lport >> 8;
+        pk.port[1] = c->lport & 0xff;
+        struct ports_workload *pw = bpf_map_lookup_elem(by_ports, &pk);
+        if (pw) {
+            w = &pw->workload;
+            c->ports_lo = pw->lo;
+            c->ports_hi = pw->hi;
+        }
     }
     void *by_ip = ip_workload.lookup(&slot);
     if (!w && by_ip) {
@@ -167,6 +192,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         c->rport = args->dport;
         __builtin_memcpy(c->laddr, laddr, 16);
         __builtin_memcpy(c->raddr, raddr, 16);
+#ifdef SOCK_NET_OFFSET
+        // The one exception to "tracepoint arguments only": the socket's network namespace, which
+        // no tracepoint gives, at offsets from the running kernel's own BTF, not from headers. The
+        // host identity names only sockets of the host's namespace; a wrong read names nobody.
+        u64 net = 0;
+        if (bpf_probe_read_kernel(&net, sizeof(net), (void *)(sk + SOCK_NET_OFFSET)) == 0 && net)
+            bpf_probe_read_kernel(&c->netns, sizeof(c->netns), (void *)(net + NET_INUM_OFFSET));
+#endif
         find_workload(c);
         return 0;
     }
@@ -208,6 +241,9 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
             __builtin_memcpy(e->laddr, c->laddr, 16);
             __builtin_memcpy(e->raddr, c->raddr, 16);
             e->direction = c->direction;
+            e->netns = c->netns;
+            e->ports_lo = c->ports_lo;
+            e->ports_hi = c->ports_hi;
             __builtin_memcpy(e->comm, c->comm, sizeof(e->comm));
             __builtin_memcpy(&e->workload, &c->workload, sizeof(e->workload));
             flows.ringbuf_submit(e, 0);

@@ -1,6 +1,8 @@
 """Runs a real single-node Apache Kafka broker (KRaft) on 127.0.0.1 from Apache's jars on Maven Central.
 
 CLI: `python broker/launch.py fetch | up [--port 19092] | down`. Library: `with Broker() as b: b.bootstrap`.
+With `Broker(sasl_ssl=SaslSsl(keystore, users))` it also listens with SASL over TLS on `b.sasl_ssl_bootstrap`;
+`Broker(join=b, node_id=2)` is a second broker (no controller) in b's cluster.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
@@ -278,6 +282,19 @@ def tail(path: Path, lines: int = 40) -> str:
 
 # ---------------------------------------------------------------- the broker
 
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class SaslSsl:
+    """A SASL_SSL listener beside the plaintext one. keystore: one PEM file holding the broker's
+    unencrypted private key and its certificate chain. users: name -> password, accepted by PLAIN
+    and by both SCRAM mechanisms."""
+
+    keystore: Path
+    users: Mapping[str, str]
+
+
 class Broker:
     """One KRaft broker+controller on 127.0.0.1 with its own fresh data folder, removed by stop().
 
@@ -287,10 +304,19 @@ class Broker:
 
     def __init__(self, port: int | None = None, *, die_with_parent: bool = True,
                  log_path: Path | None = None, start_timeout: float = 60.0,
+                 sasl_ssl: SaslSsl | None = None, properties: Mapping[str, str] | None = None,
+                 join: "Broker | None" = None, node_id: int = 1,
                  _dump_cds_to: Path | None = None):
         self._dump_cds_to = _dump_cds_to  # set only by train_cds()
         self.port = port
         self.controller_port: int | None = None
+        self.sasl_ssl = sasl_ssl
+        self.sasl_ssl_port: int | None = None
+        # Extra server.properties lines, over the defaults (e.g. num.partitions).
+        self.properties = dict(properties or {})
+        self.join = join
+        self.node_id = node_id
+        self.cluster_id: str | None = None
         self.die_with_parent = die_with_parent
         self.log_path = log_path
         self.start_timeout = start_timeout
@@ -304,6 +330,12 @@ class Broker:
         if self.port is None:
             raise BrokerError("broker not started")
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        if self.sasl_ssl_port is None:
+            raise BrokerError("broker not started with a SASL_SSL listener")
+        return f"127.0.0.1:{self.sasl_ssl_port}"
 
     @property
     def pid(self) -> int | None:
@@ -324,6 +356,10 @@ class Broker:
         self.controller_port = free_port()
         while self.controller_port == self.port:
             self.controller_port = free_port()
+        if self.sasl_ssl is not None:
+            self.sasl_ssl_port = free_port()
+            while self.sasl_ssl_port in (self.port, self.controller_port):
+                self.sasl_ssl_port = free_port()
         if self._dump_cds_to is None:
             prepare(quiet=True)
         RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -357,23 +393,34 @@ class Broker:
         d = self.data_dir
         (d / "log4j2.properties").write_text(LOG4J2)
         (d / "server.properties").write_text(self._server_properties())
-        cluster_id = random_uuid()
+        self.cluster_id = self.join.cluster_id if self.join else random_uuid()
+        # A joining broker brings no controller: the cluster's quorum is the first broker's.
+        quorum = ["--no-initial-controllers"] if self.join else ["--standalone"]
+        # SCRAM credentials live in the cluster's metadata: KRaft takes the first ones at format time.
+        scram = [] if self.sasl_ssl is None else [
+            arg for name, password in self.sasl_ssl.users.items() for mechanism in SASL_MECHANISMS[1:]
+            for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")]
         fmt = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "--standalone",
-                       "--cluster-id", cluster_id, "--config", str(d / "server.properties")),
+            self._java("kafka.tools.StorageTool", "format", *quorum,
+                       "--cluster-id", self.cluster_id, "--config", str(d / "server.properties"), *scram),
             capture_output=True, text=True, cwd=d)
         if fmt.returncode != 0:
             raise BrokerError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
 
     def _server_properties(self) -> str:
         p, c = self.port, self.controller_port
+        listeners = f"PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}"
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        if self.sasl_ssl is not None:
+            listeners += f",SASL_SSL://127.0.0.1:{self.sasl_ssl_port}"
+            protocols += ",SASL_SSL:SASL_SSL"
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{c}",
-            f"listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"listeners={listeners}",
+            f"advertised.listeners={listeners}",
+            f"listener.security.protocol.map={protocols}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             f"log.dirs={self.data_dir / 'data'}",
@@ -397,8 +444,39 @@ class Broker:
             "num.recovery.threads.per.data.dir=1",
             "log.segment.bytes=16777216",
             "log.retention.check.interval.ms=60000",
+            *self._sasl_ssl_properties(),
+            *self._joining_properties(),
+            *(f"{k}={v}" for k, v in self.properties.items()),
             "",
         ])
+
+    def _joining_properties(self) -> list[str]:
+        # Later lines of a properties file win: these turn the node above into a broker of join's cluster.
+        if self.join is None:
+            return []
+        return [
+            "process.roles=broker",
+            f"node.id={self.node_id}",
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.join.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+        ]
+
+    def _sasl_ssl_properties(self) -> list[str]:
+        # Clients of the SASL_SSL listener only; the brokers' own traffic stays on PLAINTEXT.
+        if self.sasl_ssl is None:
+            return []
+        at = "listener.name.sasl_ssl."
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.sasl_ssl.users.items())
+        return [
+            f"{at}sasl.enabled.mechanisms={','.join(SASL_MECHANISMS)}",
+            f"{at}plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required"
+            f" {plain_users};",
+            *(f"{at}{m.lower()}.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+              for m in SASL_MECHANISMS[1:]),
+            f"{at}ssl.keystore.type=PEM",
+            f"{at}ssl.keystore.location={self.sasl_ssl.keystore}",
+        ]
 
     def _launch(self) -> None:
         log = open(self.log_path, "wb")

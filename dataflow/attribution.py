@@ -126,8 +126,11 @@ class Shard:
         self.waiting: dict[str, list[Pending]] = {}
         self.deadlines: list[tuple[int, int, Pending]] = []
         self.seq = 0
-        self.next_prune_ms = 0
-        self.next_range_prune_ms = 0
+        # Pruning runs at fixed points of arrival time, in order with everything else, so that what it
+        # drops never depends on how the clock's progress happened to be chunked.
+        self.prune_every_ms = max(self.delay_ms, 1000)
+        self.range_prune_every = max(self.retention_ms // 4 // self.prune_every_ms, 1)
+        self.next_prune_ms: int | None = None
 
     def pending(self) -> int:
         return len(self.first_tries) + sum(len(entries) for entries in self.waiting.values())
@@ -182,18 +185,22 @@ class Shard:
         while True:
             work_at = inbox[0].arrival_ms if inbox else ENDED
             due_at = min(first_tries[0][0] if first_tries else ENDED, deadlines[0][0] if deadlines else ENDED)
-            if work_at > now and due_at > now or work_at == due_at == ENDED:
+            if self.next_prune_ms is None and min(work_at, due_at) < ENDED:
+                self.next_prune_ms = (min(work_at, due_at) // self.prune_every_ms + 1) * self.prune_every_ms
+            prune_at = ENDED if self.next_prune_ms is None else self.next_prune_ms
+            if min(work_at, due_at, prune_at) > now or work_at == due_at == ENDED:
                 break
-            if work_at <= due_at:
+            if work_at <= due_at and work_at <= prune_at:
                 work = heapq.heappop(inbox)
                 self.now_ms = max(self.now_ms, work.arrival_ms)
                 self._apply(work, decided)
-            else:
+            elif due_at <= prune_at:
                 self.now_ms = max(self.now_ms, due_at)
                 self._decide_due(decided)
+            else:
+                self.now_ms = max(self.now_ms, prune_at)
+                self._prune(prune_at)
         self.now_ms = max(self.now_ms, now)
-        if self.now_ms >= self.next_prune_ms:
-            self._prune()
 
     def _apply(self, work: ShardWork, decided: list[Flow]) -> None:
         touched = set()
@@ -362,10 +369,10 @@ class Shard:
         ranges = sorted(tuple(s[i : i + 3]) for s in found for i in range(0, len(s), 3))
         return [x for r in ranges for x in r]
 
-    def _prune(self) -> None:
-        if self.now_ms >= self.next_range_prune_ms:
+    def _prune(self, at: int) -> None:
+        if (at // self.prune_every_ms) % self.range_prune_every == 0:
             # A sweep of every address is costly; retention only needs it a few times per period.
-            horizon = self.now_ms - self.retention_ms
+            horizon = at - self.retention_ms
             for ip in list(self.ranges):
                 spans = self.ranges[ip]
                 ownership.prune(spans, horizon)
@@ -381,9 +388,8 @@ class Shard:
                     del self.port_ranges[ip]
             for ip in list(self.events):
                 ownership.prune_events(self.events[ip], horizon)
-            self.next_range_prune_ms = self.now_ms + max(self.retention_ms // 4, 1000)
         # A connection report is wanted only until the other side's lookup has been answered.
-        report_horizon = self.now_ms - self.max_wait_ms - self.delay_ms
+        report_horizon = at - self.max_wait_ms - self.delay_ms
         order = self.connection_order
         while order and order[0][0] < report_horizon:
             _, key = order.popleft()
@@ -392,7 +398,7 @@ class Shard:
                 del self.connections[key]
             elif reports is not None:
                 reports.pop(0)
-        self.next_prune_ms = self.now_ms + max(self.delay_ms, 1000)
+        self.next_prune_ms = at + self.prune_every_ms
 
 
 def _no_owner(flow: Flow) -> Flow:

@@ -200,7 +200,7 @@ def _tail(args, config: Config) -> int:
         raise ConfigError("give --brokers HOST:PORT (or kafka.brokers in the config)")
     out = sys.stdout.buffer
     try:
-        for message in read_topic(config.kafka.brokers, args.topic):
+        for message in read_topic(config.kafka, args.topic):
             if message is None:
                 if not args.follow:
                     return 0

@@ -24,8 +24,11 @@ class KafkaConfig:
     attributed_topic: str = "flows.attributed"
     dlq_topic: str = "flows.dlq"
     forward_prefix: str = "flows.forward."
-    # Topics the job creates when missing; existing topics keep their partition count.
-    partitions: int = 6
+    # Topics the job creates when missing; existing topics keep theirs. -1: the cluster's own default
+    # (num.partitions, default.replication.factor), except that a replication factor of 1 on a
+    # cluster of several brokers is raised to min(3, brokers) (dataflow/kafka_io.py says so when it does).
+    partitions: int = -1
+    replication_factor: int = -1
     # Compacted: which addresses each exporter may claim, written by a trusted platform component.
     exporters_topic: str = "exporters"
     # A reader that has caught up with a partition vouches for it up to this long before now: the
@@ -36,6 +39,28 @@ class KafkaConfig:
     # Without recovery, a restarted job reads from here: "beginning" (backfill) or "end".
     starting_offset: str = "beginning"
     batch_size: int = 1000
+    # Security of every client (job, exporter, tail, admin): dataflow/kafka_client.py. PLAINTEXT, SSL,
+    # SASL_PLAINTEXT or SASL_SSL; SASL with PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    # PEM files: the CAs that signed the brokers' certificates (empty: the system's), and for mutual
+    # TLS this client's certificate and key.
+    ssl_ca_file: str = ""
+    ssl_cert_file: str = ""
+    ssl_key_file: str = ""
+    ssl_key_password: str = field(default="", repr=False)
+    # 0 turns off the check that the broker's certificate names the host connected to.
+    ssl_verify_hostname: int = 1
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # The HTTP endpoint of a job process or an exporter: /metrics (Prometheus), /healthz, /readyz.
+    # 0: none. Each process of a job on one host needs its own port.
+    port: int = 0
+    host: str = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -127,6 +152,7 @@ class Config:
     files: FilesConfig = field(default_factory=FilesConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def exporter_id(self) -> str:
         return self.exporter.exporter_id or socket.gethostname()
@@ -164,6 +190,7 @@ _SECTIONS = {
     "files": FilesConfig,
     "recovery": RecoveryConfig,
     "cluster": ClusterConfig,
+    "metrics": MetricsConfig,
 }
 ENV_PREFIX = "FLOWATTR_"
 
@@ -274,3 +301,32 @@ def _check(config: Config) -> None:
         raise ConfigError("exporter.interval_s must be > 0")
     if config.trust.clock_bound_s <= 0 or config.trust.require_entitlement not in (0, 1):
         raise ConfigError("trust.clock_bound_s must be > 0 and trust.require_entitlement 0 or 1")
+    _check_kafka_security(config.kafka)
+    k = config.kafka
+    if k.partitions == 0 or k.partitions < -1 or k.replication_factor == 0 or k.replication_factor < -1:
+        raise ConfigError("kafka.partitions and kafka.replication_factor must be >= 1, or -1 for the cluster's default")
+    if not 0 <= config.metrics.port <= 65535:
+        raise ConfigError("metrics.port must be 0 (none) or a TCP port")
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _check_kafka_security(k: KafkaConfig) -> None:
+    # Messages name the setting, never its value: some of these are secrets.
+    protocol = k.security_protocol.upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"kafka.security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}")
+    sasl = protocol.startswith("SASL_")
+    if sasl and k.sasl_mechanism.upper() not in SASL_MECHANISMS:
+        raise ConfigError(f"kafka.sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)} with {protocol}")
+    if sasl and not (k.sasl_username and k.sasl_password):
+        raise ConfigError(f"kafka.sasl_username and kafka.sasl_password are needed with {protocol}")
+    if not sasl and (k.sasl_mechanism or k.sasl_username or k.sasl_password):
+        raise ConfigError("kafka.sasl_* settings need kafka.security_protocol SASL_SSL or SASL_PLAINTEXT")
+    tls = protocol in ("SSL", "SASL_SSL")
+    if not tls and (k.ssl_ca_file or k.ssl_cert_file or k.ssl_key_file):
+        raise ConfigError("kafka.ssl_* settings need kafka.security_protocol SSL or SASL_SSL")
+    if bool(k.ssl_cert_file) != bool(k.ssl_key_file):
+        raise ConfigError("kafka.ssl_cert_file and kafka.ssl_key_file go together (mutual TLS)")

@@ -25,6 +25,7 @@ from dataflow import file_io, kafka_io
 from dataflow.attribution import Shard
 from dataflow.config import Config, load_config
 from dataflow.entitlements import Entitlements
+from dataflow.metrics import JobMetrics
 from dataflow.records import encode_batch
 from dataflow.routing import Routers, Tally
 
@@ -41,6 +42,7 @@ def build(config: Config, tally: Tally) -> Dataflow:
     entitlements = Entitlements(bool(config.trust.require_entitlement), config.entitlements)
     flow = Dataflow("flowattr")
     collector = StateCollector()
+    metrics = JobMetrics(config, tally)  # serves /metrics, /healthz, /readyz when metrics.port is set
 
     if file_mode:
         rejected = file_io.read_entitlements(config.files.input_dir, entitlements)
@@ -53,7 +55,7 @@ def build(config: Config, tally: Tally) -> Dataflow:
         partitions = kafka_io.partitions_of(config)
         streams = []
         for topic, role in kafka_io.input_topics(config).items():
-            raw = op.input(f"read_{role}", flow, kafka_io.source(config, topic))
+            raw = op.input(f"read_{role}", flow, kafka_io.source(config, topic, metrics.position))
             streams.append(op.map(f"as_message_{role}", raw, lambda m, role=role: kafka_io.as_message(m, role)))
         messages = op.merge("messages", *streams)
     if entitlements.required and not entitlements.exporters():
@@ -70,7 +72,9 @@ def build(config: Config, tally: Tally) -> Dataflow:
     others = split.falses
 
     decided = op.stateful_batch(
-        "attribute", by_shard, lambda resume: ShardLogic(config, resume, partitions, file_mode, collector, tally)
+        "attribute",
+        by_shard,
+        lambda resume: metrics.shard(ShardLogic(config, resume, partitions, file_mode, collector, tally)),
     )
     decided_flows = op.map("decided_flows", decided, lambda key_flows: key_flows[1])
     answered_at_once = op.filter_map(
@@ -111,6 +115,7 @@ def build(config: Config, tally: Tally) -> Dataflow:
             op.map("encode_dead_letters", dead, lambda r: kafka_io.sink_message(orjson.dumps(r))),
             kafka_io.sink(config, k.dlq_topic),
         )
+    metrics.running = True
     return flow
 
 

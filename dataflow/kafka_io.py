@@ -4,9 +4,10 @@ from their compacted topic and followed."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
@@ -19,10 +20,19 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
 
-from dataflow.config import Config, ConfigError
+from dataflow.config import Config, ConfigError, KafkaConfig
 from dataflow.entitlements import Entitlements
+from dataflow.kafka_client import client_settings, security_settings
 from dataflow.records import FORWARDED, IP_EVENTS, RAW, BadRecord, Origin, check_entitlement
 from dataflow.routing import Message
 
@@ -30,6 +40,8 @@ from dataflow.routing import Message
 # decides (dataflow/clock.py), which no producer can set.
 ARRIVAL_TIME = {"message.timestamp.type": "LogAppendTime"}
 CAUGHT_UP_EVERY_S = 0.1
+# Told where a reader is: (topic, partition, next offset to read, the partition's low and high watermarks).
+PositionWatch = Callable[[str, int, int, int, int], None]
 
 
 def input_topics(config: Config) -> dict[str, str]:
@@ -49,19 +61,26 @@ def all_topics(config: Config) -> list[str]:
 
 def ensure_topics(config: Config, timeout_s: float = 30.0) -> list[str]:
     """Create the job's topics that do not exist yet, and make every input topic stamp arrival time;
-    returns the topics created."""
-    admin = AdminClient({"bootstrap.servers": config.kafka.brokers})
+    returns the topics created and says so on stderr."""
+    k = config.kafka
+    last_error = LastError()
+    admin = _admin(config, last_error)
     try:
-        existing = set(admin.list_topics(timeout=timeout_s).topics)
+        metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as e:
-        raise ConnectionError(f"cannot reach Kafka at {config.kafka.brokers}: {e}") from None
+        admin.poll(0)  # serves error_cb
+        raise ConnectionError(f"cannot reach Kafka at {k.brokers}: {last_error.why(e)}") from None
+    existing = set(metadata.topics)
     inputs = set(input_topics(config))
     missing = [t for t in all_topics(config) if t not in existing]
     if missing:
+        brokers = sorted(metadata.brokers)
+        default = cluster_replication_default(admin, brokers[0], timeout_s) if brokers else None
+        replicas = replication_factor(k.replication_factor, len(brokers), default)
         futures = admin.create_topics(
             [
-                NewTopic(t, num_partitions=1 if t == config.kafka.exporters_topic else config.kafka.partitions,
-                         replication_factor=1, config=_topic_config(config, t, inputs))
+                NewTopic(t, num_partitions=1 if t == k.exporters_topic else k.partitions,
+                         replication_factor=replicas, config=_topic_config(config, t, inputs))
                 for t in missing
             ]
         )
@@ -71,8 +90,67 @@ def ensure_topics(config: Config, timeout_s: float = 30.0) -> list[str]:
             except KafkaException as e:
                 if "TOPIC_ALREADY_EXISTS" not in str(e):
                     raise
+        _say_created(admin, missing, len(brokers), timeout_s)
     stamp_arrival(admin, [t for t in inputs if t in existing], timeout_s)
     return missing
+
+
+def replication_factor(configured: int, brokers: int, cluster_default: int | None) -> int:
+    """The replication factor to create topics with: the configured one; else the cluster's own default
+    (-1), except that a default of 1 on a cluster of several brokers becomes min(3, brokers), since a
+    single replica loses data when one broker dies. cluster_default None: the cluster would not say."""
+    if configured != -1:
+        return configured
+    if brokers > 1 and cluster_default == 1:
+        return min(3, brokers)
+    return -1
+
+
+def cluster_replication_default(admin: AdminClient, broker_id: int, timeout_s: float) -> int | None:
+    """A broker's default.replication.factor, or None where describing configs is not allowed."""
+    resource = ConfigResource(ResourceType.BROKER, str(broker_id))
+    try:
+        entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout_s)
+    except KafkaException:
+        return None
+    entry = entries.get("default.replication.factor")
+    return int(entry.value) if entry is not None and entry.value is not None else None
+
+
+def _say_created(admin: AdminClient, topics: list[str], brokers: int, timeout_s: float) -> None:
+    created = _serving(admin, topics, timeout_s)
+    shapes = {t: _shape(created[t]) for t in topics if t in created}
+    print(f"flowattr: created topics {', '.join(topics)} ({'; '.join(sorted(set(shapes.values())))})",
+          file=sys.stderr, flush=True)
+    if brokers > 1 and any(shape.endswith("replication factor 1") for shape in shapes.values()):
+        print(f"flowattr: warning: topics with a single replica on a cluster of {brokers} brokers lose data when"
+              " one broker dies; set kafka.replication_factor", file=sys.stderr, flush=True)
+
+
+def _serving(admin: AdminClient, topics: list[str], timeout_s: float) -> dict:
+    """The topics' metadata once every partition answers for its offsets: the broker answers a creation
+    before that, and a reader starting in between is told "not leader for partition"."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = admin.list_topics(timeout=timeout_s).topics
+        partitions = [TopicPartition(t, p) for t in topics if t in found for p in found[t].partitions]
+        if partitions and len({tp.topic for tp in partitions}) == len(topics):
+            futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout_s)
+            try:
+                for future in futures.values():
+                    future.result()
+                return found
+            except KafkaException:
+                pass
+        if time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def _shape(topic) -> str:
+    replicas = sorted({len(p.replicas) for p in topic.partitions.values()})
+    count = len(topic.partitions)
+    return f"{count} partition{'s' if count != 1 else ''}, replication factor {'/'.join(map(str, replicas))}"
 
 
 def _topic_config(config: Config, topic: str, inputs: set[str]) -> dict[str, str]:
@@ -117,20 +195,43 @@ def stamp_arrival(admin: AdminClient, topics: list[str], timeout_s: float = 30.0
 
 
 def partition_count(config: Config, topic: str, timeout_s: float = 30.0) -> int:
-    admin = AdminClient({"bootstrap.servers": config.kafka.brokers})
-    return len(admin.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
+    return len(_admin(config).list_topics(topic, timeout=timeout_s).topics[topic].partitions)
 
 
-def source(config: Config, topic: str) -> KafkaSource:
+def _admin(config: Config, last_error: LastError | None = None) -> AdminClient:
+    extra = {} if last_error is None else {"error_cb": last_error, "log_level": 0}
+    return AdminClient(client_settings(config.kafka, **extra))
+
+
+class LastError:
+    """A client's error callback that keeps its latest error (a refused password, an untrusted
+    certificate), in place of librdkafka's log lines, which repeat every retry."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def __call__(self, error) -> None:
+        self.text = error.str()
+
+    def why(self, e: KafkaException) -> str:
+        # The client's own error says why; the exception only that the request timed out.
+        return self.text or e.args[0].str()
+
+
+def source(config: Config, topic: str, watch: PositionWatch | None = None) -> KafkaSource:
+    """watch: told where each reader is, for the job's own consumer lag (Bytewax keeps offsets in its
+    snapshots, not in a consumer group that lag tools could see)."""
     offset = OFFSET_BEGINNING if config.kafka.starting_offset == "beginning" else OFFSET_END
     return ArrivalSource(
         config.kafka.brokers.split(","),
         [topic],
         tail=True,
         starting_offset=offset,
+        add_config=security_settings(config.kafka),
         batch_size=config.kafka.batch_size,
         raise_on_errors=False,
         margin_ms=config.kafka.caught_up_margin_ms,
+        watch=watch,
     )
 
 
@@ -147,25 +248,29 @@ class ArrivalSource(KafkaSource):
     """Bytewax's Kafka source, whose partitions also say when they have caught up with the broker:
     a quiet partition must not hold the arrival clock back, and only its reader knows it is quiet."""
 
-    def __init__(self, *args, margin_ms: int, **kwargs):
+    def __init__(self, *args, margin_ms: int, watch: PositionWatch | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.margin_ms = margin_ms
+        self.watch = watch
 
     def build_part(self, step_id, for_part, resume_state):
-        return _CaughtUpPartition(super().build_part(step_id, for_part, resume_state), self.margin_ms)
+        return _CaughtUpPartition(super().build_part(step_id, for_part, resume_state), self.margin_ms, self.watch)
 
 
 class _CaughtUpPartition(StatefulSourcePartition):
     """Wraps Bytewax's partition reader (0.21: its consumer and next offset are `_consumer`, `_offset`)."""
 
-    def __init__(self, inner, margin_ms: int):
+    def __init__(self, inner, margin_ms: int, watch: PositionWatch | None = None):
         self.inner = inner
         self.margin_ms = margin_ms
+        self.watch = watch
         self.partition = TopicPartition(inner._topic, inner._part_idx)
         self.said_at = 0.0
 
     def next_batch(self):
         batch = self.inner.next_batch()
+        if self.watch is not None:
+            self._tell_position()
         if batch:
             return batch
         now = time.monotonic()
@@ -187,6 +292,15 @@ class _CaughtUpPartition(StatefulSourcePartition):
             # Nothing read yet: caught up only if there is nothing to read.
             return low == high or position == OFFSET_END
         return position >= high
+
+    def _tell_position(self) -> None:
+        # The watermarks the consumer's fetches brought back: no request to the broker.
+        try:
+            low, high = self.inner._consumer.get_watermark_offsets(self.partition, cached=True)
+        except KafkaException:
+            return
+        if high >= 0:
+            self.watch(self.partition.topic, self.partition.partition, self.inner._offset, low, high)
 
     def next_awake(self):
         return self.inner.next_awake()
@@ -216,7 +330,7 @@ def _arrival(message: KafkaSourceMessage) -> int | None:
 
 def partitions_of(config: Config, timeout_s: float = 30.0) -> frozenset[tuple[str, int]]:
     """Every input partition the arrival clock waits for, as (role, partition)."""
-    admin = AdminClient({"bootstrap.servers": config.kafka.brokers})
+    admin = _admin(config)
     found = set()
     for topic, role in input_topics(config).items():
         meta = admin.list_topics(topic, timeout=timeout_s).topics[topic]
@@ -224,12 +338,16 @@ def partitions_of(config: Config, timeout_s: float = 30.0) -> frozenset[tuple[st
     return frozenset(found)
 
 
-def follow_entitlements(config: Config, entitlements: Entitlements, timeout_s: float = 30.0) -> threading.Thread:
+def follow_entitlements(
+    config: Config, entitlements: Entitlements, timeout_s: float = 30.0, stop: threading.Event | None = None
+) -> threading.Thread:
     """Read the exporters topic to its end now (so the first claims are judged on the whole table), then
-    keep following it in the background. Bad entries are skipped and counted in `entitlements.rejected`."""
+    keep following it in the background until `stop` (the job: for its whole life). Bad entries are
+    skipped and counted in `entitlements.rejected`."""
+    stop = stop or threading.Event()
     topic = config.kafka.exporters_topic
-    consumer = Consumer({"bootstrap.servers": config.kafka.brokers, "group.id": "flowattr-entitlements",
-                         "enable.auto.commit": False})
+    consumer = Consumer(client_settings(config.kafka, **{"group.id": "flowattr-entitlements",
+                                                          "enable.auto.commit": False}))
     meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
     parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
     ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout_s)[1] for p in parts}
@@ -259,10 +377,11 @@ def follow_entitlements(config: Config, entitlements: Entitlements, timeout_s: f
             take(msg)
 
     def follow() -> None:
-        while True:
-            msg = consumer.poll(1.0)
+        while not stop.is_set():
+            msg = consumer.poll(0.5)
             if msg is not None and not msg.error():
                 take(msg)
+        consumer.close()
 
     thread = threading.Thread(target=follow, name="entitlements", daemon=True)
     thread.start()
@@ -274,7 +393,13 @@ def sink(config: Config, topic: str | None) -> KafkaSink:
         config.kafka.brokers.split(","),
         topic,
         # Idempotence: a retried batch is neither duplicated nor reordered.
-        add_config={"linger.ms": "20", "compression.type": "lz4", "batch.size": "1000000", "enable.idempotence": "true"},
+        add_config={
+            **security_settings(config.kafka),
+            "linger.ms": "20",
+            "compression.type": "lz4",
+            "batch.size": "1000000",
+            "enable.idempotence": "true",
+        },
     )
 
 
@@ -282,13 +407,17 @@ def sink_message(value: bytes, topic: str | None = None, key: bytes | None = Non
     return KafkaSinkMessage(key, value, topic=topic)
 
 
-def read_topic(brokers: str, topic: str, timeout_s: float = 5.0, from_end: bool = False) -> Iterator[Any]:
+def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 5.0, from_end: bool = False) -> Iterator[Any]:
     """Every message now in `topic` (or, following, the new ones), for `flowattr tail`."""
-    consumer = Consumer(
-        {"bootstrap.servers": brokers, "group.id": "flowattr-tail", "enable.auto.commit": False}
-    )
+    last_error = LastError()
+    settings = {"group.id": "flowattr-tail", "enable.auto.commit": False, "log_level": 0, "error_cb": last_error}
+    consumer = Consumer(client_settings(kafka, **settings))
     try:
-        meta = consumer.list_topics(topic, timeout=timeout_s)
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout_s)
+        except KafkaException as e:
+            consumer.poll(0)  # serves error_cb
+            raise ConnectionError(f"cannot reach Kafka at {kafka.brokers}: {last_error.why(e)}") from None
         if meta.topics[topic].error is not None:
             raise KeyError(f"topic {topic} does not exist")
         offset = OFFSET_END if from_end else OFFSET_BEGINNING

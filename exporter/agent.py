@@ -12,7 +12,8 @@ from dataflow.config import Config
 from exporter.capture import Capture, check_prerequisites
 from exporter.holdings import Holdings, Pair
 from exporter.identity import IdentityError, interface_addresses, read_identity
-from exporter.report import ClosedConnection, reporter_for
+from exporter.metrics import ExporterMetrics
+from exporter.report import Host, reporter_for
 from exporter.ship import FileShipper, KafkaShipper
 
 # How long a stopping agent waits for Kafka to acknowledge what it still holds.
@@ -37,48 +38,63 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
         )
     flows_total = heartbeats_total = 0
     try:
+        metrics = ExporterMetrics(config, shipper)  # /metrics, /healthz, /readyz when metrics.port is set
         capture = Capture(settings)
     except BaseException:
         shipper.close(0)
         raise
+    metrics.capturing = True
     try:
         _log(f"capturing; exporter={reporter.exporter} identity={identity} interval={settings.interval_s}s")
-        closed: list[ClosedConnection] = []
+        records: list[dict] = []
         holdings = Holdings()
         identity_ips: set[str] = set()  # local ends of connections the host identity named
+        registered, host = _look(capture, identity)
         interval_start_ns = time.monotonic_ns()
-        holdings.observe(interval_start_ns, _held(capture, identity, identity_ips))
+        holdings.observe(interval_start_ns, _held(registered, host, identity_ips, metrics))
         next_poll = time.monotonic() + MAP_POLL_S
         next_report = time.monotonic() + settings.interval_s
         while True:
             stopping = stop.is_set()
             wait_ms = 0 if stopping else min(POLL_MS, max(0, int((next_report - time.monotonic()) * 1000)))
             arrived = capture.drain(wait_ms)
-            closed += arrived
-            identity_ips.update(conn.local_ip for conn in arrived if not conn.workload)
+            metrics.turned()
+            metrics.connections += len(arrived)
+            for conn in arrived:
+                # Named as it arrives, against the addresses the host has now.
+                record = reporter.flow(conn, host)
+                if not conn.workload and record["local_workload"]:
+                    identity_ips.add(conn.local_ip)
+                records.append(record)
             shipper.poll()
             reporting = stopping or time.monotonic() >= next_report
             if not reporting:
                 if time.monotonic() >= next_poll:
-                    holdings.observe(time.monotonic_ns(), _held(capture, identity, identity_ips))
+                    registered, host = _look(capture, identity)
+                    holdings.observe(time.monotonic_ns(), _held(registered, host, identity_ips, metrics))
                     next_poll = time.monotonic() + MAP_POLL_S
                 continue
             next_report += settings.interval_s
             identity = _reread_identity(settings.identity_file, identity)
-            records = [reporter.flow(conn, identity) for conn in closed]
             open_connections = capture.open_connections()
-            identity_ips.update(conn.local_ip for conn in open_connections if not conn.workload)
+            registered, host = _look(capture, identity)
+            identity_ips.update(
+                conn.local_ip for conn in open_connections
+                if not conn.workload and host.names(conn.local_ip, conn.netns)
+            )
             now_ns = time.monotonic_ns()
-            holdings.observe(now_ns, _held(capture, identity, identity_ips))
+            holdings.observe(now_ns, _held(registered, host, identity_ips, metrics))
             next_poll = time.monotonic() + MAP_POLL_S
             held = holdings.report(interval_start_ns, now_ns)
             interval_start_ns = now_ns
-            heartbeats = reporter.heartbeats(open_connections, held, identity, now_ns)
+            heartbeats = reporter.heartbeats(open_connections, held, host, now_ns)
             shipper.ship(records + heartbeats)
             flows_total += len(records)
             heartbeats_total += len(heartbeats)
-            closed = []
+            records = []
             counters = capture.counters()
+            metrics.flows, metrics.heartbeats = flows_total, heartbeats_total
+            metrics.kernel, metrics.open_connections = counters, len(open_connections)
             stats = shipper.stats
             error = shipper.last_error()
             _log(
@@ -96,15 +112,25 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
         _log(f"stopped; delivered={stats.delivered} dropped={stats.dropped}")
 
 
-def _held(capture: Capture, identity: str | None, identity_ips: set[str]) -> set[Pair]:
+def _look(capture: Capture, identity: str | None) -> tuple[set[Pair], Host]:
+    """The registrations now, and what the host identity may name: the host's own addresses (read
+    in the host network namespace, where the agent runs) that no registration names, not even for
+    some ports, and only for sockets in that namespace."""
+    registered = capture.registrations()
+    addresses = frozenset(interface_addresses() - {ip for ip, _, _ in registered})
+    return registered, Host(identity, addresses, capture.host_netns)
+
+
+def _held(registered: set[Pair], host: Host, identity_ips: set[str], metrics: ExporterMetrics) -> set[Pair]:
     """What this host can claim now: every workload map entry, and the host identity on each address
-    that a connection named by the identity used and that is still configured on an interface here.
-    (All interface addresses would also claim bridge and link-local addresses every host has.)"""
-    held = capture.registrations()
-    if identity and identity_ips:
-        identity_ips &= interface_addresses()  # gone from the interfaces: a new connection must show it again
-        mapped = {ip for ip, _ in held}
-        held |= {(ip, identity) for ip in identity_ips if ip not in mapped}
+    that a connection named by the identity used and that is still configured on an interface of the
+    host network namespace. (All interface addresses would also claim bridge and link-local addresses
+    every host has.)"""
+    held = set(registered)
+    metrics.workloads = len(held)
+    if host.identity and identity_ips:
+        identity_ips &= host.addresses  # gone from the interfaces: a new connection must show it again
+        held |= {(ip, host.identity, None) for ip in identity_ips}
     return held
 
 

@@ -10,7 +10,9 @@ import struct
 from pathlib import Path
 
 from dataflow.config import ExporterConfig
+from exporter.holdings import Pair
 from exporter.ipman import WorkloadMaps
+from exporter.kernel_layout import LayoutError, netns_offsets
 from exporter.report import ClosedConnection, OpenConnection, address
 
 BPF_SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "flowtrace.c"
@@ -22,7 +24,7 @@ TRACEPOINTS = (
     "tcp/tcp_destroy_sock",
 )
 # struct flow_event in bpf/flowtrace.c
-FLOW_EVENT = struct.Struct("=QQQQQIHH16s16sB7x16s64s")
+FLOW_EVENT = struct.Struct("=QQQQQIHH16s16sIHHB7x16s64s")
 COUNTER_NAMES = ("lost_events", "connections_full")
 # Capability bits (linux/capability.h)
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
@@ -89,6 +91,13 @@ class Capture:
         if config.capture_loopback:
             cflags.append("-DCAPTURE_LOOPBACK")
         try:
+            layout = netns_offsets()
+            cflags += [f"-DSOCK_NET_OFFSET={layout.sock_net}", f"-DNET_INUM_OFFSET={layout.net_inum}"]
+            # The agent runs in the host network namespace (hostNetwork on Kubernetes).
+            self.host_netns: int | None = os.stat("/proc/self/ns/net").st_ino
+        except (OSError, LayoutError, struct.error):
+            self.host_netns = None  # no BTF: the host identity falls back to the address check alone
+        try:
             self._bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
         except Exception as e:  # BCC raises bare Exception for compile and load failures
             self._maps.close()
@@ -113,12 +122,13 @@ class Capture:
         for _sk, conn in self._bpf["connections"].items_lookup_batch():
             if conn.start_ns and not conn.end_ns:
                 workload = bytes(conn.workload.name).split(b"\0", 1)[0].decode(errors="replace")
-                found.append(OpenConnection(address(bytes(conn.laddr)), conn.start_ns, workload))
+                ports = (conn.ports_lo, conn.ports_hi) if conn.ports_lo else None
+                found.append(OpenConnection(address(bytes(conn.laddr)), conn.start_ns, workload, ports, conn.netns))
         return found
 
-    def registrations(self) -> set[tuple[str, str]]:
-        """(ip, workload) for every entry of both workload maps; a shared address once per workload."""
-        return {(r.ip, r.workload) for r in self._maps.registrations()}
+    def registrations(self) -> set[Pair]:
+        """(ip, workload, ports) for every registration of both workload maps."""
+        return {(r.ip, r.workload, r.ports) for r in self._maps.registrations()}
 
     def counters(self) -> dict[str, int]:
         table = self._bpf["counters"]
@@ -130,8 +140,8 @@ class Capture:
 
 
 def _closed_connection(raw: bytes) -> ClosedConnection:
-    (start, end, sent, received, cookie, pid, lport, rport, laddr, raddr, direction, comm,
-     workload) = FLOW_EVENT.unpack_from(raw)
+    (start, end, sent, received, cookie, pid, lport, rport, laddr, raddr, netns, ports_lo, ports_hi,
+     direction, comm, workload) = FLOW_EVENT.unpack_from(raw)
     return ClosedConnection(
         start_ns=start,
         end_ns=end,
@@ -146,6 +156,8 @@ def _closed_connection(raw: bytes) -> ClosedConnection:
         direction=direction,
         comm=comm.split(b"\0", 1)[0].decode(errors="replace"),
         workload=workload.split(b"\0", 1)[0].decode(errors="replace"),
+        ports=(ports_lo, ports_hi) if ports_lo else None,
+        netns=netns,
     )
 
 

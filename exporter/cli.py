@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from dataflow.config import Config, ConfigError, load_config
-from exporter.ipman import IP_MAP, IP_PORT_MAP, IpmanError, WorkloadMaps
+from exporter.ipman import IP_MAP, PORTS_MAP, IpmanError, Registration, WorkloadMaps, parse_ports
 
 
 def register(subparsers) -> None:
@@ -24,15 +24,21 @@ def register(subparsers) -> None:
 
     ipman = subparsers.add_parser("ipman", help="fill or inspect the pinned IP -> workload maps")
     actions = ipman.add_subparsers(dest="ipman_action", required=True)
-    add = actions.add_parser("add", help="register a workload on a local IP (or IP and port)")
+    add = actions.add_parser("add", help="register a workload on a local IP (or IPv4 and ports)")
     add.add_argument("ip")
     add.add_argument("workload")
-    add.add_argument("--port", type=int, help="only this local port: for workloads sharing one IP")
-    remove = actions.add_parser("remove", help="unregister a local IP (or IP and port)")
+    _ports_options(add, "only these local ports of a shared IPv4 address")
+    remove = actions.add_parser("remove", help="unregister a local IP (or IPv4 and ports)")
     remove.add_argument("ip")
-    remove.add_argument("--port", type=int)
+    _ports_options(remove, "the port range it was added with")
     actions.add_parser("list", help="print every registration")
     ipman.set_defaults(handler=ipman_command)
+
+
+def _ports_options(parser: argparse.ArgumentParser, what: str) -> None:
+    ports = parser.add_mutually_exclusive_group()
+    ports.add_argument("--ports", metavar="LO-HI", help=what)
+    ports.add_argument("--port", metavar="PORT", dest="ports", help="one port: --ports PORT-PORT")
 
 
 def export_command(args: argparse.Namespace, config: Config) -> int:
@@ -62,11 +68,12 @@ def ipman_command(args: argparse.Namespace, config: Config) -> int:
                     print(f"{registration.where()}\t{registration.workload}")
             return 0
         create = args.ipman_action == "add"
+        ports = parse_ports(args.ports) if args.ports else None
         with WorkloadMaps(settings.pin_dir, create=create, max_entries=settings.max_workloads) as maps:
             if create:
-                maps.add(args.ip, args.workload, args.port)
-            elif not maps.remove(args.ip, args.port):
-                where = args.ip if args.port is None else f"{args.ip} port {args.port}"
+                maps.add(args.ip, args.workload, ports)
+            elif not maps.remove(args.ip, ports):
+                where = Registration(args.ip, ports, "").where()
                 print(f"flowattr ipman: {where} is not registered", file=sys.stderr)
                 return 1
     except (IpmanError, OSError) as e:
@@ -77,7 +84,7 @@ def ipman_command(args: argparse.Namespace, config: Config) -> int:
 
 def _pinned(pin_dir: str) -> bool:
     try:
-        return any((Path(pin_dir) / name).exists() for name in (IP_MAP, IP_PORT_MAP))
+        return any((Path(pin_dir) / name).exists() for name in (IP_MAP, PORTS_MAP))
     except PermissionError:
         return True  # exists as far as we can tell: let opening it say why it fails
 

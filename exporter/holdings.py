@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-Pair = tuple[str, str]  # (ip, workload)
+Ports = tuple[int, int]
+Pair = tuple[str, str, Ports | None]  # (ip, workload, port range of a shared IPv4 address or None)
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,7 @@ class Span:
     workload: str
     start_ns: int
     end_ns: int
+    ports: Ports | None = None
 
 
 class Holdings:
@@ -32,21 +34,21 @@ class Holdings:
         for pair in [p for p in self._since if p not in present]:
             since = self._since.pop(pair)
             last_seen = self._last_poll_ns if self._last_poll_ns is not None else since
-            self._ended.append(Span(pair[0], pair[1], since, last_seen))
+            self._ended.append(Span(pair[0], pair[1], since, last_seen, pair[2]))
         self._last_poll_ns = now_ns
 
     def report(self, interval_start_ns: int, now_ns: int) -> list[Span]:
         """The spans held within [interval_start_ns, now_ns]; call after observe(now_ns, ...)."""
         spans = [
-            Span(span.ip, span.workload, max(span.start_ns, interval_start_ns), span.end_ns)
+            Span(span.ip, span.workload, max(span.start_ns, interval_start_ns), span.end_ns, span.ports)
             for span in self._ended
         ]
         spans += [
-            Span(ip, workload, max(since, interval_start_ns), now_ns)
-            for (ip, workload), since in self._since.items()
+            Span(ip, workload, max(since, interval_start_ns), now_ns, ports)
+            for (ip, workload, ports), since in self._since.items()
         ]
         self._ended = []
         # A pair first seen at this very poll, or gone right after the last report, has no span yet.
         return sorted(
-            (s for s in spans if s.end_ns > s.start_ns), key=lambda s: (s.ip, s.workload, s.start_ns)
+            (s for s in spans if s.end_ns > s.start_ns), key=lambda s: (s.ip, s.ports or (0, 0), s.workload, s.start_ns)
         )

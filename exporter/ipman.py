@@ -1,6 +1,6 @@
-"""The pinned workload maps the kernel side reads: local IP -> workload and (local IP, port) ->
-workload. Spoken to through the bpf(2) syscall directly, so a container platform can fill them
-whether or not the agent (or BCC) is running."""
+"""The pinned workload maps the kernel side reads: local IP -> workload and (local IPv4, port range) ->
+workload. Spoken to through the bpf(2) syscall directly, so a container platform (or flowattr-cni) can
+fill them whether or not the agent (or BCC) is running."""
 
 from __future__ import annotations
 
@@ -12,17 +12,20 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-# Must match struct ip_key / ip_port_key / workload in bpf/flowtrace.c.
+# Must match struct ip_key / ports_key / workload / ports_workload in bpf/flowtrace.c.
 WORKLOAD_LEN = 64
 IP_KEY_SIZE = 16
-IP_PORT_KEY_SIZE = 20
+PORTS_KEY_SIZE = 12  # prefixlen, IPv4, port (network order), 2 bytes never in a prefix
+PORTS_VALUE_SIZE = WORKLOAD_LEN + 4  # the workload and the whole range it was registered with
 IP_MAP = "ip_workload"
-IP_PORT_MAP = "ip_port_workload"
+PORTS_MAP = "ip_ports_workload"
 
 _SYS_BPF = 321  # x86_64
 _MAP_CREATE, _MAP_LOOKUP, _MAP_UPDATE, _MAP_DELETE, _MAP_NEXT_KEY = 0, 1, 2, 3, 4
 _OBJ_PIN, _OBJ_GET, _OBJ_INFO = 6, 7, 15
 _MAP_TYPE_HASH = 1
+_MAP_TYPE_LPM_TRIE = 11
+_F_NO_PREALLOC = 1  # the kernel requires it of LPM tries
 _F_RDONLY = 1 << 3  # BPF_OBJ_GET file_flags: needs only read permission on the pin
 _ATTR_SIZE = 128
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -32,17 +35,37 @@ class IpmanError(Exception):
     """A map that cannot be used; the message says what is missing and how to fix it."""
 
 
+Ports = tuple[int, int]  # lo, hi inclusive
+
+
 @dataclass(frozen=True)
 class Registration:
     ip: str
-    port: int | None
+    ports: Ports | None
     workload: str
 
     def where(self) -> str:
-        if self.port is None:
+        if self.ports is None:
             return self.ip
-        host = f"[{self.ip}]" if ":" in self.ip else self.ip
-        return f"{host}:{self.port}"
+        lo, hi = self.ports
+        return f"{self.ip}:{lo}" if lo == hi else f"{self.ip}:{lo}-{hi}"
+
+
+def parse_ports(text: str) -> Ports:
+    """'8443' or '20000-20999'."""
+    lo, dash, hi = text.partition("-")
+    try:
+        ports = (int(lo), int(hi if dash else lo))
+    except ValueError:
+        raise IpmanError(f"ports must be PORT or LO-HI, got {text!r}") from None
+    check_ports(ports)
+    return ports
+
+
+def check_ports(ports: Ports) -> None:
+    lo, hi = ports
+    if not (0 < lo <= hi < 65536):
+        raise IpmanError(f"ports must be 1-65535 with lo <= hi, got {lo}-{hi}")
 
 
 def ip_key(ip: str) -> bytes:
@@ -56,10 +79,34 @@ def ip_key(ip: str) -> bytes:
     return address.packed
 
 
-def ip_port_key(ip: str, port: int) -> bytes:
-    if not 0 < port < 65536:
-        raise IpmanError(f"port must be 1-65535, got {port}")
-    return ip_key(ip) + struct.pack("=HH", port, 0)
+def port_prefixes(ports: Ports) -> list[tuple[int, int]]:
+    """The aligned blocks (first port, prefix bits of the 16-bit port) that cover exactly lo..hi."""
+    check_ports(ports)
+    lo, hi = ports
+    blocks = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        blocks.append((lo, 16 - size.bit_length() + 1))
+        lo += size
+    return blocks
+
+
+def ports_keys(ip: str, ports: Ports) -> list[bytes]:
+    """One LPM trie key per aligned block of the range."""
+    try:
+        address = ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise IpmanError(f"a port range needs an IPv4 address, got {ip!r}") from None
+    return [
+        struct.pack("=I4s2s2x", 32 + bits, address.packed, first.to_bytes(2, "big"))
+        for first, bits in port_prefixes(ports)
+    ]
+
+
+def ports_value(workload: str, ports: Ports) -> bytes:
+    return workload_value(workload) + struct.pack("=HH", *ports)
 
 
 def key_ip(key: bytes) -> str:
@@ -82,13 +129,19 @@ def value_workload(value: bytes) -> str:
 class WorkloadMaps:
     """The two pinned maps under one pin directory."""
 
+    # name -> (map type, key size, value size, flags)
+    SHAPES = {
+        IP_MAP: (_MAP_TYPE_HASH, IP_KEY_SIZE, WORKLOAD_LEN, 0),
+        PORTS_MAP: (_MAP_TYPE_LPM_TRIE, PORTS_KEY_SIZE, PORTS_VALUE_SIZE, _F_NO_PREALLOC),
+    }
+
     def __init__(self, pin_dir: str | Path, create: bool, max_entries: int = 16384, read_only: bool = False):
         self.pin_dir = Path(pin_dir)
         self._file_flags = _F_RDONLY if read_only else 0
         self._fds: dict[str, int] = {}
         try:
-            for name, key_size in ((IP_MAP, IP_KEY_SIZE), (IP_PORT_MAP, IP_PORT_KEY_SIZE)):
-                self._fds[name] = self._open(name, key_size, create, max_entries)
+            for name in self.SHAPES:
+                self._fds[name] = self._open(name, create, max_entries)
         except BaseException:
             self.close()
             raise
@@ -108,39 +161,45 @@ class WorkloadMaps:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def add(self, ip: str, workload: str, port: int | None = None) -> None:
-        name, key = self._key(ip, port)
-        _bpf_elem(_MAP_UPDATE, self._fds[name], key, workload_value(workload), what=f"add {ip}")
+    def add(self, ip: str, workload: str, ports: Ports | None = None) -> None:
+        if ports is None:
+            _bpf_elem(_MAP_UPDATE, self._fds[IP_MAP], ip_key(ip), workload_value(workload), what=f"add {ip}")
+            return
+        keys = ports_keys(ip, ports)
+        value = ports_value(workload, ports)
+        canonical = key_ip(ip_key(ip))
+        for held in self.registrations():
+            # The trie answers the longest prefix: an overlapping range would silently take ports.
+            if held.ip == canonical and held.ports and held.ports != ports and _overlap(held.ports, ports):
+                raise IpmanError(f"{Registration(canonical, ports, workload).where()} overlaps "
+                                 f"{held.where()} ({held.workload}): remove that first")
+        for key in keys:
+            _bpf_elem(_MAP_UPDATE, self._fds[PORTS_MAP], key, value, what=f"add {ip}")
 
-    def remove(self, ip: str, port: int | None = None) -> bool:
+    def remove(self, ip: str, ports: Ports | None = None) -> bool:
         """False when there was no such registration."""
-        name, key = self._key(ip, port)
-        try:
-            _bpf_elem(_MAP_DELETE, self._fds[name], key, None, what=f"remove {ip}")
-        except FileNotFoundError:
+        if ports is None:
+            return _delete(self._fds[IP_MAP], ip_key(ip), what=f"remove {ip}")
+        keys = ports_keys(ip, ports)
+        canonical = key_ip(ip_key(ip))
+        # Only a range registered exactly so: its blocks may be shared with a wider registration.
+        if not any(r.ip == canonical and r.ports == ports for r in self.registrations()):
             return False
+        for key in keys:
+            _delete(self._fds[PORTS_MAP], key, what=f"remove {ip}")
         return True
 
     def registrations(self) -> list[Registration]:
-        found = []
-        for name, key_size in ((IP_MAP, IP_KEY_SIZE), (IP_PORT_MAP, IP_PORT_KEY_SIZE)):
-            fd = self._fds[name]
-            for key in _keys(fd, key_size):
-                value = ctypes.create_string_buffer(WORKLOAD_LEN)
-                try:
-                    _bpf_elem(_MAP_LOOKUP, fd, key, value, what="list")
-                except FileNotFoundError:
-                    continue  # removed while we walked the map
-                port = struct.unpack_from("=H", key, 16)[0] if name == IP_PORT_MAP else None
-                found.append(Registration(key_ip(key), port, value_workload(value.raw)))
-        return sorted(found, key=lambda r: (r.ip, r.port or 0))
+        found = set()
+        for key, value in _entries(self._fds[IP_MAP], IP_KEY_SIZE, WORKLOAD_LEN):
+            found.add(Registration(key_ip(key), None, value_workload(value)))
+        for key, value in _entries(self._fds[PORTS_MAP], PORTS_KEY_SIZE, PORTS_VALUE_SIZE):
+            ip = str(ipaddress.IPv4Address(key[4:8]))
+            ports = struct.unpack_from("=HH", value, WORKLOAD_LEN)
+            found.add(Registration(ip, ports, value_workload(value[:WORKLOAD_LEN])))
+        return sorted(found, key=lambda r: (r.ip, r.ports or (0, 0), r.workload))
 
-    def _key(self, ip: str, port: int | None) -> tuple[str, bytes]:
-        if port is None:
-            return IP_MAP, ip_key(ip)
-        return IP_PORT_MAP, ip_port_key(ip, port)
-
-    def _open(self, name: str, key_size: int, create: bool, max_entries: int) -> int:
+    def _open(self, name: str, create: bool, max_entries: int) -> int:
         path = self.pin_dir / name
         if not path.exists():
             if not create:
@@ -148,19 +207,21 @@ class WorkloadMaps:
                     f"no pinned map {path}: nothing registered yet "
                     "(`flowattr ipman add` or `flowattr export` create it)"
                 )
-            return self._create(path, name, key_size, max_entries)
+            return self._create(path, name, max_entries)
         fd = _bpf_path(_OBJ_GET, path, flags=self._file_flags)
         info = _map_info(fd)
-        if info != (_MAP_TYPE_HASH, key_size, WORKLOAD_LEN):
+        if info != self.SHAPES[name][:3]:
             os.close(fd)
-            raise IpmanError(f"{path} is not a flowattr workload map (type, key, value = {info})")
+            raise IpmanError(f"{path} is not a flowattr workload map (type, key, value = {info}); "
+                             "remove the pin and let flowattr create it")
         return fd
 
-    def _create(self, path: Path, name: str, key_size: int, max_entries: int) -> int:
+    def _create(self, path: Path, name: str, max_entries: int) -> int:
         _check_bpffs(self.pin_dir)
         self.pin_dir.mkdir(parents=True, exist_ok=True)
+        map_type, key_size, value_size, flags = self.SHAPES[name]
         attr = _attr()
-        struct.pack_into("=IIIII", attr, 0, _MAP_TYPE_HASH, key_size, WORKLOAD_LEN, max_entries, 0)
+        struct.pack_into("=IIIII", attr, 0, map_type, key_size, value_size, max_entries, flags)
         struct.pack_into("16s", attr, 28, name[:15].encode())
         fd = _bpf(_MAP_CREATE, attr, what=f"create map {name}")
         try:
@@ -169,6 +230,30 @@ class WorkloadMaps:
             os.close(fd)  # another process pinned it first: use theirs
             return _bpf_path(_OBJ_GET, path)
         return fd
+
+
+def _overlap(a: Ports, b: Ports) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _delete(fd: int, key: bytes, what: str) -> bool:
+    try:
+        _bpf_elem(_MAP_DELETE, fd, key, None, what=what)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _entries(fd: int, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
+    found = []
+    for key in _keys(fd, key_size):
+        value = ctypes.create_string_buffer(value_size)
+        try:
+            _bpf_elem(_MAP_LOOKUP, fd, key, value, what="list")
+        except FileNotFoundError:
+            continue  # removed while we walked the map
+        found.append((key, value.raw))
+    return found
 
 
 def _check_bpffs(directory: Path) -> None:

@@ -10,6 +10,7 @@ import orjson
 from confluent_kafka import KafkaError, Producer
 
 from dataflow.config import KafkaConfig
+from dataflow.kafka_client import client_settings
 
 
 @dataclass
@@ -17,6 +18,7 @@ class ShipStats:
     delivered: int = 0  # records acknowledged by Kafka (or written to the file)
     buffered: int = 0  # records produced, not yet acknowledged
     dropped: int = 0  # records given up: buffer full, or a permanent delivery error
+    batches: int = 0  # messages acknowledged by Kafka (or lines written to the file)
 
 
 def batches(records: list[dict], size: int) -> list[list[dict]]:
@@ -32,21 +34,19 @@ class KafkaShipper:
         self._key = key.encode()
         self._buffer_max = buffer_max_records
         self._batch_records = batch_records
-        self._producer = Producer(
-            {
-                "bootstrap.servers": kafka.brokers,
-                # Idempotence: librdkafka's own retries never duplicate a batch.
-                "enable.idempotence": True,
-                # Never expire a batch locally: while Kafka is down, our own bound decides what
-                # is kept, and what it drops is counted.
-                "message.timeout.ms": 0,
-                "linger.ms": 200,
-                "compression.type": "lz4",
-                "error_cb": self._on_error,
-                # Connection failures reach error_cb and the interval line; not one log line each.
-                "log_level": 2,
-            }
-        )
+        settings = {
+            # Idempotence: librdkafka's own retries never duplicate a batch.
+            "enable.idempotence": True,
+            # Never expire a batch locally: while Kafka is down, our own bound decides what
+            # is kept, and what it drops is counted.
+            "message.timeout.ms": 0,
+            "linger.ms": 200,
+            "compression.type": "lz4",
+            "error_cb": self._on_error,
+            # Connection failures reach error_cb and the interval line; not one log line each.
+            "log_level": 2,
+        }
+        self._producer = Producer(client_settings(kafka, **settings))
         self._last_error = ""
 
     def ship(self, records: list[dict]) -> None:
@@ -68,6 +68,7 @@ class KafkaShipper:
         self.stats.buffered -= count
         if err is None:
             self.stats.delivered += count
+            self.stats.batches += 1
         else:
             self.stats.dropped += count
             self._last_error = str(err)
@@ -102,6 +103,7 @@ class FileShipper:
         for batch in batches(records, self._batch_records):
             self._file.write(orjson.dumps(batch) + b"\n")
             self.stats.delivered += len(batch)
+            self.stats.batches += 1
         self._file.flush()
 
     def poll(self) -> None:

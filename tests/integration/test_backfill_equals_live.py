@@ -1,7 +1,8 @@
 """A backfill answers as the live run did: a fleet produced in real time to a real broker and attributed
 live, then the same topics replayed from the beginning by a fresh job (one process, then a cluster of
-2 processes x 2 workers). Every flow must get the same outcome, remote workload and reason each time,
-because decisions run on the broker's arrival times and use only the evidence that had arrived by then."""
+2 processes x 2 workers; six partitions a topic). Every flow must get the same outcome, remote workload
+and reason each time, because decisions run on the broker's arrival times and use only the evidence
+that had arrived by then."""
 
 import os
 import signal
@@ -29,7 +30,7 @@ def write_config(path: Path, bootstrap: str, prefix: str, attributed: str) -> Pa
     regions = "\n".join(f"{r} = {orjson.dumps(c).decode()}" for r, c in sim.regions_config().items())
     path.write_text(
         f'region = "{sim.HOME}"\n[regions]\n{regions}\n'
-        f'[kafka]\nbrokers = "{bootstrap}"\npartitions = 4\nraw_topic = "{prefix}flows.raw"\n'
+        f'[kafka]\nbrokers = "{bootstrap}"\npartitions = 6\nraw_topic = "{prefix}flows.raw"\n'
         f'ip_events_topic = "{prefix}ip-events"\nattributed_topic = "{prefix}{attributed}"\n'
         f'dlq_topic = "{prefix}flows.dlq"\nforward_prefix = "{prefix}flows.forward."\n'
         f'exporters_topic = "{prefix}exporters"\n'

@@ -246,14 +246,20 @@ def test_every_connection_is_reported_exactly(hosts, pin_dir, tmp_path):
     env = exporter_env(pin_dir, tmp_path)
     registrations = [
         (A4, "ws-a"), (A6, "ws-a6"), (B4, "ws-b"), (B6, "ws-b6"),
-        # Two workloads behind B4, told apart by local port.
-        (B4, "shared-one", 8001), (B4, "shared-two", 8002), (B4, "shared-two", 40002),
+        # Two workloads behind B4, told apart by local port: one port, and one port and a range.
+        (B4, "shared-one", "8001"), (B4, "shared-two", "8002"), (B4, "shared-two", "40000-40063"),
     ]
-    for ip, workload, *port in registrations:
-        args = ["--port", str(port[0])] if port else []
+    for ip, workload, *ports in registrations:
+        args = ["--ports", ports[0]] if ports else []
         assert flowattr("ipman", "add", ip, workload, *args, env=env).returncode == 0
     listed = flowattr("ipman", "list", env=env).stdout.splitlines()
     assert f"{B4}:8001\tshared-one" in listed and f"{A6}\tws-a6" in listed
+    assert f"{B4}:40000-40063\tshared-two" in listed
+    overlapping = flowattr("ipman", "add", B4, "other", "--ports", "40063-40100", env=env)
+    assert overlapping.returncode == 1 and "overlaps" in overlapping.stderr
+    # Part of a registered range is not a registration: removing it would cut the range in two.
+    partial = flowattr("ipman", "remove", B4, "--ports", "40000-40031", env=env)
+    assert partial.returncode == 1 and "not registered" in partial.stderr
 
     out = tmp_path / "flows.jsonl"
     agent = Agent(env, out)
@@ -269,7 +275,8 @@ def test_every_connection_is_reported_exactly(hosts, pin_dir, tmp_path):
             (b, B4, 8001, 10, "shared-one", a, A4, "ws-a", [8001], 0),
             (b, B4, 8002, 20, "shared-two", a, A4, "ws-a", [8002], 0),
             (a, A4, 7004, 30, "ws-a", b, B4, "shared-two", [40002], 40002),
-            (b, B4_SPARE, 7005, 40, HOST_IDENTITY, a, A4, "ws-a", [7005], 0),
+            # No entry, and not an address of the agent's own network namespace: nobody, never the host.
+            (b, B4_SPARE, 7005, 40, None, a, A4, "ws-a", [7005], 0),
         ]
         expected = []
         for server_ns, server_ip, port, reply, server_wl, client_ns, client_ip, client_wl, sends, bind in plan:
@@ -306,10 +313,19 @@ def test_every_connection_is_reported_exactly(hosts, pin_dir, tmp_path):
     long_lived = [r for r in flows if 7006 in (r["local_port"], r["remote_port"])]
     assert all(r["end_ms"] - r["start_ms"] >= 3000 for r in long_lived)
 
+    ranges = {("shared-one", 8001): [8001, 8001], ("shared-two", 8002): [8002, 8002],
+              ("shared-two", 40002): [40000, 40063]}
+    for r in flows:
+        assert r.get("local_ports") == ranges.get((r["local_workload"], r["local_port"])), r
+
     heartbeats = [r for r in records if r["kind"] == "heartbeat" and r["ip"] in ours]
-    # Every registration heartbeats, whatever its traffic; the host identity only for addresses
-    # configured on the agent's own interfaces (B4_SPARE lives in a namespace).
-    assert {(h["ip"], h["workload"]) for h in heartbeats} == {(ip, wl) for ip, wl, *_ in registrations}
+    # Every registration heartbeats, whatever its traffic, port ranges with their ports; the host
+    # identity only for addresses of the agent's own network namespace (none here).
+    assert {(h["ip"], h["workload"], tuple(h.get("ports", ()))) for h in heartbeats} == {
+        (A4, "ws-a", ()), (A6, "ws-a6", ()), (B4, "ws-b", ()), (B6, "ws-b6", ()),
+        (B4, "shared-one", (8001, 8001)), (B4, "shared-two", (8002, 8002)), (B4, "shared-two", (40000, 40063)),
+    }
+    assert all(r["v"] == 2 for r in records)
     # The long-lived connection's start is claimed too, though it began before its interval.
     assert any(h["ip"] == A4 and h["workload"] == "ws-a" and h["start_ms"] <= held_from + 50
                and h["end_ms"] - h["start_ms"] >= 1000 for h in heartbeats)
@@ -318,7 +334,28 @@ def test_every_connection_is_reported_exactly(hosts, pin_dir, tmp_path):
     assert stats["lost_events"] == 0 and stats["connections_full"] == 0
 
 
-def test_without_workload_maps_the_host_identity_names_the_local_end(hosts, pin_dir, tmp_path):
+@pytest.fixture
+def host_link(hosts):
+    """A veth from the agent's own (host) network namespace to namespace a: HOST4 is an address of
+    the host, A_LINK4 one of namespace a, as a node and one of its pods."""
+    tag = f"{os.getpid() % 10000}{uuid.uuid4().hex[:3]}"
+    subnet = f"10.232.{int(tag[-3:], 16) % 250}"
+    host_dev, pod_dev = f"fax{tag}h", f"fax{tag}p"
+    addresses = {"host": f"{subnet}.1", "pod": f"{subnet}.2"}
+    try:
+        sh("ip", "link", "add", host_dev, "type", "veth", "peer", "name", pod_dev, "netns", hosts["a"])
+        sh("ip", "addr", "add", f"{addresses['host']}/30", "dev", host_dev)
+        sh("ip", "link", "set", host_dev, "up")
+        sh("ip", "-n", hosts["a"], "addr", "add", f"{addresses['pod']}/30", "dev", pod_dev)
+        sh("ip", "-n", hosts["a"], "link", "set", pod_dev, "up")
+        yield addresses
+    finally:
+        subprocess.run(["ip", "link", "del", host_dev], capture_output=True)
+
+
+def test_the_host_identity_names_only_the_host_namespaces_own_addresses(hosts, host_link, pin_dir, tmp_path):
+    """Without map entries the host identity names the host's own sockets; a socket in another
+    network namespace (a pod without an entry) is nobody's, never the host's."""
     env = exporter_env(pin_dir, tmp_path)
     assert not pin_dir.exists()
     listed = flowattr("ipman", "list", env=env)
@@ -326,22 +363,42 @@ def test_without_workload_maps_the_host_identity_names_the_local_end(hosts, pin_
     removed = flowattr("ipman", "remove", A4, env=env)
     assert removed.returncode == 1 and "no pinned map" in removed.stderr
 
+    host, pod = host_link["host"], host_link["pod"]
     out = tmp_path / "flows.jsonl"
     agent = Agent(env, out)
     try:
-        server = serve(hosts["b"], B4, 7100, 1, 64)
-        report = connect(hosts["a"], B4, 7100, 128, A4)
+        time.sleep(1.2)  # the agent reads the host's addresses every second
+        server = subprocess.Popen([sys.executable, "-c", PEER, "serve", host, "7100", "1", "64"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline().strip() == "ready"
+        report = connect(hosts["a"], host, 7100, 128, pod)
+        server.communicate(timeout=60)
+        # The pod side serving too: an inbound socket in the pod's namespace.
+        server = serve(hosts["b"], B4, 7101, 1, 32)
+        connect(hosts["a"], B4, 7101, 16, A4)
+        server.communicate(timeout=60)
+        # The host's own address configured inside the pod's namespace too: still not the host.
+        sh("ip", "-n", hosts["a"], "addr", "add", f"{host}/32", "dev", "lo")
+        server = serve(hosts["a"], host, 7102, 1, 8)
+        same_address = connect(hosts["a"], host, 7102, 4, host)
         server.communicate(timeout=60)
         time.sleep(1.0)
     finally:
         assert agent.stop() == 0
-    flows = [r for r in read_batches(out) if r["kind"] == "flow" and r["local_ip"] in (A4, B4)]
-    assert sorted(seen(r)[:-1] for r in flows) == sorted([
-        (A4, report["local_port"], B4, 7100, "outbound", 128, 64, HOST_IDENTITY),
-        (B4, 7100, A4, report["local_port"], "inbound", 64, 128, HOST_IDENTITY),
+    records = read_batches(out)
+    flows = [r for r in records if r["kind"] == "flow" and r["local_ip"] in (host, pod, A4, B4)]
+    assert sorted(seen(r)[:-1] for r in flows if r["local_ip"] in (host, pod)) == sorted([
+        (pod, report["local_port"], host, 7100, "outbound", 128, 64, None),
+        (host, 7100, pod, report["local_port"], "inbound", 64, 128, HOST_IDENTITY),
+        (host, same_address["local_port"], host, 7102, "outbound", 4, 8, None),
+        (host, 7102, host, same_address["local_port"], "inbound", 8, 4, None),
     ])
+    assert [r["local_workload"] for r in flows if r["local_ip"] in (A4, B4)] == [None, None]
+    beats = {(r["ip"], r["workload"]) for r in records if r["kind"] == "heartbeat"}
+    assert (host, HOST_IDENTITY) in beats
+    assert not {ip for ip, _ in beats} & {pod, A4, B4}
     # The agent created the maps, so a platform can register workloads from now on.
-    assert (pin_dir / "ip_workload").exists() and (pin_dir / "ip_port_workload").exists()
+    assert (pin_dir / "ip_workload").exists() and (pin_dir / "ip_ports_workload").exists()
 
 
 def test_registered_addresses_heartbeat_every_interval_and_stop_when_removed(hosts, pin_dir, tmp_path):

@@ -15,7 +15,7 @@ import pytest
 
 from kafka_io import consume_all
 from test_exporter_capture import (  # noqa: F401 - hosts and pin_dir are fixtures
-    A4, B4, HOST_IDENTITY, REPO, Agent, connect, exporter_env, flowattr, hosts, pin_dir, require_ebpf, serve,
+    A4, B4, REPO, Agent, connect, exporter_env, flowattr, hosts, pin_dir, require_ebpf, serve,
 )
 
 pytestmark = pytest.mark.ebpf
@@ -121,8 +121,8 @@ def test_kafka_away_then_back_buffered_records_are_delivered_once(
         kafka__brokers=gate.address, kafka__raw_topic=topic,
         exporter__buffer_max_records="4", exporter__batch_records="2",
     )
-    # No workload maps: the host identity names both ends, and (the namespaces' addresses not being
-    # on the agent's interfaces) nothing but the flows is shipped, so the counts below are exact.
+    # No workload maps, and the namespaces' addresses are not the host's own: both ends are nobody's
+    # (never the host identity's) and nothing but the flows is shipped, so the counts below are exact.
     agent = Agent(env, out=None)
     try:
         server = serve(hosts["b"], B4, 7200, 3, 10)
@@ -150,4 +150,4 @@ def test_kafka_away_then_back_buffered_records_are_delivered_once(
     for r in flows:
         mine = r["local_port"] if r["direction"] == "outbound" else r["remote_port"]
         assert mine in ports
-        assert r["local_workload"] == HOST_IDENTITY
+        assert r["local_workload"] is None

@@ -38,11 +38,15 @@ def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
 
 def pod_env(container: dict, pod: dict) -> dict[str, str]:
     """The container's environment as the kubelet would set it: literal values with $(VAR)
-    references expanded, and the downward-API fields this project uses resolved from `pod`."""
+    references expanded, the downward-API fields this project uses resolved from `pod`, and a value
+    from a Secret as `secret:<name>/<key>` (the Secret is the user's, not in the manifests)."""
     env: dict[str, str] = {}
     for var in container.get("env", []):
         if "value" in var:
             env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var["value"])
+        elif "secretKeyRef" in var["valueFrom"]:
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = f"secret:{ref['name']}/{ref['key']}"
         else:
             field = var["valueFrom"]["fieldRef"]["fieldPath"]
             env[var["name"]] = pod[field]

@@ -8,12 +8,14 @@ import argparse
 import os
 import tomllib
 
+import jsonschema
 import kubernetes_validate
 import pytest
 
 from dataflow import cli
 from dataflow.config import load_config
 
+import custom_resources
 from k8s_render import CONFIG_PATH, ROOT, TARGETS, config_text, one, pod_env, render
 
 # Oldest and newest schema sets kubernetes-validate ships that we support; strict rejects unknown fields.
@@ -48,15 +50,22 @@ def test_every_object_is_valid_against_the_kubernetes_schema(target, version):
     assert {o["kind"] for o in objects} >= {"Namespace", "ConfigMap", "Service", "ServiceAccount", "StatefulSet", "DaemonSet"}
     for o in objects:
         try:
-            kubernetes_validate.validate(o, version, strict=True)
-        except kubernetes_validate.ValidationError as e:
+            if o["kind"] in custom_resources.SCHEMAS:
+                custom_resources.validate(o)
+            else:
+                kubernetes_validate.validate(o, version, strict=True)
+        except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as e:
             pytest.fail(f"{target}: {o['kind']}/{o['metadata']['name']} invalid for Kubernetes {version}: {e.message} at {list(e.path)}")
 
 
 def test_everything_lives_in_the_flowattr_namespace(target):
     objects = render(target)
     assert one(objects, "Namespace")["metadata"]["name"] == "flowattr"
-    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"flowattr"}
+    # Strimzi's topics live with their Kafka cluster, wherever that is (components/strimzi-topics).
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "KafkaTopic"}
+    placed = {o["metadata"].get("namespace") for o in objects if o["kind"] not in cluster_scoped}
+    assert placed == {"flowattr"}
+    assert all(o["metadata"].get("namespace") for o in objects if o["kind"] == "KafkaTopic")
 
 
 def test_statefulset_replicas_equal_the_cluster_size_the_processes_read(target):
@@ -208,11 +217,18 @@ def test_recovery_dir_is_on_a_per_pod_volume_wherever_it_is_set():
         assert any(env["FLOWATTR_RECOVERY__DIR"].startswith(p + "/") and name in claims for p, name in mounts.items())
 
 
-def test_no_service_account_token_is_mounted(target):
+def test_no_service_account_token_is_mounted_but_where_nodes_are_listed(target):
     objects = render(target)
     assert all(sa["automountServiceAccountToken"] is False for sa in objects if sa["kind"] == "ServiceAccount")
     for workload in (job(objects), exporter(objects)):
         assert workload["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    # The platform's entitlement publisher reads Node objects, and may do nothing else.
+    [entitle] = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "flowattr-entitle-nodes"]
+    account = entitle["spec"]["template"]["spec"]["serviceAccountName"]
+    [binding] = [o for o in objects if o["kind"] == "ClusterRoleBinding" and o["subjects"][0]["name"] == account]
+    [role] = [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == binding["roleRef"]["name"]]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]
+    assert entitle["spec"]["template"]["spec"]["containers"][0]["args"][-4:] == ["entitle", "sync-nodes", "--every", "30"]
 
 
 def test_one_image_for_job_and_exporter(target):

@@ -43,13 +43,17 @@ def test_two_pods_worth_of_flowattr_run_form_one_cluster_and_answer_every_flow(t
     assert env["FLOWATTR_CLUSTER__REPLICAS"] == str(replicas)
     # In the pod, process id and peers come from the host name flowattr-N and the headless
     # Service; here, from explicit loopback addresses (they take precedence in Config).
-    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(replicas))
+    cluster_ports = free_ports(2 * replicas)
+    addresses = ";".join(f"127.0.0.1:{p}" for p in cluster_ports[:replicas])
+    # Each pod has its own network for its metrics port; here each process gets a port of its own.
+    metrics_ports = cluster_ports[replicas:]
     env.update(FLOWATTR_CLUSTER__ADDRESSES=addresses, FLOWATTR_FILES__INPUT_DIR=str(fleet),
                FLOWATTR_FILES__OUTPUT_DIR=str(out))
     argv = [str(mounted) if a == CONFIG_PATH else a for a in [*c["command"][1:], *c["args"]]]
 
     procs = [
-        subprocess.Popen([FLOWATTR, *argv], env={**env, "FLOWATTR_CLUSTER__PROCESS_ID": str(i)}, cwd=tmp_path,
+        subprocess.Popen([FLOWATTR, *argv], env={**env, "FLOWATTR_CLUSTER__PROCESS_ID": str(i),
+                                                 "FLOWATTR_METRICS__PORT": str(metrics_ports[i])}, cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(replicas)
     ]

@@ -1,0 +1,3 @@
+module flowattr/cnishim
+
+go 1.22
