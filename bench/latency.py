@@ -64,7 +64,7 @@ def compressed(duration_s: int = 200) -> Setup:
     return Setup("compressed", duration_s, interval_s=5, delay_s=5, max_wait_s=25, event_settle_s=10)
 
 
-def defaults(duration_s: int = 420) -> Setup:
+def defaults(duration_s: int = 240) -> Setup:
     # The job's own defaults (delay 60 s, max wait 300 s, events settle 120 s) on a fleet reporting
     # every minute, its reports as late as the compressed fleet's.
     return Setup("defaults", duration_s, interval_s=60, delay_s=60, max_wait_s=300, event_settle_s=120)
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the compressed fleet only, 120 s")
     parser.add_argument("--seconds", type=int, default=200, help="length of the compressed run")
-    parser.add_argument("--defaults-seconds", type=int, default=420, help="length of the run at the defaults")
+    parser.add_argument("--defaults-seconds", type=int, default=240, help="length of the run at the defaults")
     parser.add_argument("--no-document", action="store_true", help="leave docs/BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     import tempfile
