@@ -403,7 +403,7 @@ def render(record: dict[str, Any]) -> str:
 def update_document(record: dict[str, Any]) -> None:
     """Replace docs/BENCHMARKS.md's latency section (up to the next section) with this run's."""
     text = DOCUMENT.read_text() if DOCUMENT.exists() else "# Benchmarks\n"
-    section = render(record)
+    section = render(record).rstrip("\n") + "\n\n"
     start = text.find(SECTION)
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
