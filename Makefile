@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit venv kafka-jars kafka-up kafka-down ebpf-deps cni-plugins bench eval k8s-render dashboard clean
+.PHONY: run test unit fuzz reliability venv kafka-jars kafka-up kafka-down ebpf-deps cni-plugins bench eval k8s-render dashboard clean
 
 # The main job on the embedded default: a simulated fleet, no Kafka, nothing else running.
 run: $(STAMP)
@@ -16,6 +16,18 @@ test: $(STAMP) kafka-jars ebpf-deps cni-plugins
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+# The fault and hostile-input tests, then docs/RELIABILITY.md's table from their own figures.
+reliability: $(STAMP) kafka-jars ebpf-deps
+	rm -f out/reliability.json
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_fuzz_records.py tests/integration/test_hostile_input.py \
+		tests/integration/test_clean_edges.py tests/integration/test_restarts.py tests/integration/test_bounded_state.py
+	$(BIN)/python scripts/reliability_table.py
+
+# The decoder fuzzed for longer than `make test` does: generated records, then coverage-guided bytes.
+fuzz: $(STAMP)
+	FLOWATTR_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_fuzz_records.py -k "not coverage_guided"
+	PYTHONPATH=. $(BIN)/python tests/unit/fuzz_decoder.py out/fuzz/corpus -max_total_time=600
 
 venv: $(STAMP)
 
@@ -60,9 +72,11 @@ eval: $(STAMP)
 	$(BIN)/python -m bench.accuracy
 
 bench: $(STAMP) kafka-jars ebpf-deps cni-plugins
-	$(BIN)/python -m bench.dataflow_bench
-	$(BIN)/python -m bench.latency
-	$(BIN)/python bench/exporter_bench.py
+	rm -rf out/bench
+	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.latency --no-document
+	-$(BIN)/python -m bench.exporter_bench
+	$(BIN)/python -m bench.render
 	$(BIN)/python bench/cni_bench.py
 
 k8s-render: $(STAMP)

@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--limit-s", type=float, default=20.0, help="deadline per run")
     args = parser.parse_args()
+    started = time.monotonic()
     if os.geteuid() != 0:
         raise SystemExit("exporter_bench: run as root (it loads BPF programs)")
 
@@ -209,6 +210,38 @@ def main() -> None:
     agent = median("flowattr", "tracer_cpu_per_1k")
     print(f"\nflowattr agent: {1000 / agent:,.0f} connections per agent-CPU-second "
           f"({agent:.3f} s per 1,000 connections); in-kernel cost shows as load CPU above 'none'.")
+    sys.path.insert(0, str(REPO))
+    from bench.harness import save
+
+    save("exporter_bench", {"workers": args.workers, "connections": args.connections, "runs": results}, started)
+
+
+def render(record: dict) -> str:
+    """The section of docs/BENCHMARKS.md: medians of this run's figures."""
+    f = record["figures"]
+    results = f["runs"]
+
+    def median(mode: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[mode])
+
+    rows = ["| tracer | connections/s | load CPU s per 1k | tracer CPU s per 1k | reported / expected | lost |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for mode in results:
+        row = f"| {mode} | {median(mode, 'per_s'):,.0f} | {median(mode, 'load_cpu_per_1k'):.3f} |"
+        if mode == "none":
+            rows.append(row + " | | |")
+            continue
+        expected = 2 * median(mode, "connections")
+        rows.append(f"{row} {median(mode, 'tracer_cpu_per_1k'):.3f} | {median(mode, 'reported'):,.0f} / {expected:,.0f} "
+                    f"| {max(r['lost'] for r in results[mode])} |")
+    agent = median("flowattr", "tracer_cpu_per_1k")
+    return "\n".join([
+        "## The exporter's capture", "",
+        f"`{record['command']}` (root): {f['workers']} processes making {f['connections']:,} loopback connections per run",
+        "(connect, 1 byte each way, close both ends: 2 sockets, so 2 records each), with no tracer, with the",
+        f"flowattr agent, and with stock BCC tcplife; medians of {len(results['none'])} runs.", "", *rows, "",
+        f"The flowattr agent: **{1000 / agent:,.0f} connections per agent CPU second** ({agent:.3f} s per 1,000); the",
+        "in-kernel cost shows as load CPU above the *none* row.", ""])
 
 
 if __name__ == "__main__":

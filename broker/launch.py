@@ -1,6 +1,7 @@
 """Runs a real single-node Apache Kafka broker (KRaft) on 127.0.0.1 from Apache's jars on Maven Central.
 
-CLI: `python broker/launch.py fetch | up [--port 19092] | down`. Library: `with Broker() as b: b.bootstrap`.
+CLI: `python broker/launch.py fetch | up [--port 19092] | down [--keep-data]` (`up` after
+`down --keep-data` restarts the broker on its data). Library: `with Broker() as b: b.bootstrap`.
 With `Broker(sasl_ssl=SaslSsl(keystore, users))` it also listens with SASL over TLS on `b.sasl_ssl_bootstrap`;
 `Broker(join=b, node_id=2)` is a second broker (no controller) in b's cluster.
 """
@@ -348,31 +349,40 @@ class Broker:
         self.stop()
 
     def start(self) -> "Broker":
+        """Starts the broker: on fresh data, or, after stop(keep_data=True) or kill(), on the data it
+        had, with the same ports (a restart, as after a crash or a reboot)."""
         t0 = time.monotonic()
+        restart = self.data_dir is not None
         if self.port is None:
             self.port = free_port()
         elif not port_free(self.port):
             raise PortInUse(f"port {self.port} on 127.0.0.1 is already in use")
-        self.controller_port = free_port()
-        while self.controller_port == self.port:
+        if restart:  # the quorum's address is in the data's own properties
+            props = (self.data_dir / "server.properties").read_text()
+            self.controller_port = int(props.split("controller.quorum.bootstrap.servers=127.0.0.1:")[1].split()[0])
+        else:
             self.controller_port = free_port()
-        if self.sasl_ssl is not None:
-            self.sasl_ssl_port = free_port()
-            while self.sasl_ssl_port in (self.port, self.controller_port):
+            while self.controller_port == self.port:
+                self.controller_port = free_port()
+            if self.sasl_ssl is not None:  # a restart keeps the listener it had
                 self.sasl_ssl_port = free_port()
+                while self.sasl_ssl_port in (self.port, self.controller_port):
+                    self.sasl_ssl_port = free_port()
         if self._dump_cds_to is None:
             prepare(quiet=True)
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         if self.log_path is None:
             _prune_logs()
             self.log_path = RUN_DIR / f"kafka-{self.port}.log"
-        self.data_dir = Path(tempfile.mkdtemp(prefix=f"flowattr-kafka-{self.port}-"))
+        if not restart:
+            self.data_dir = Path(tempfile.mkdtemp(prefix=f"flowattr-kafka-{self.port}-"))
         try:
-            self._format()
+            if not restart:
+                self._format()
             self._launch()
             self._wait_ready(t0 + self.start_timeout)
         except BaseException:
-            self.stop()
+            self.stop(keep_data=restart)
             raise
         self.startup_seconds = time.monotonic() - t0
         return self
@@ -479,7 +489,7 @@ class Broker:
         ]
 
     def _launch(self) -> None:
-        log = open(self.log_path, "wb")
+        log = open(self.log_path, "ab")  # a restart's log follows the first run's
         try:
             self.proc = subprocess.Popen(
                 self._java("kafka.Kafka", str(self.data_dir / "server.properties")),
@@ -519,8 +529,16 @@ class Broker:
         raise BrokerError(f"kafka broker on {self.bootstrap} not ready after {self.start_timeout:.0f} s"
                           f" ({last_error}); tail of {self.log_path}:\n{tail(self.log_path)}")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (Kafka shuts down cleanly, ~0.5 s here), SIGKILL after `timeout`."""
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: the data stays for start() to restart on."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.exit_code = self.proc.wait()
+            self.proc = None
+
+    def stop(self, timeout: float = 30.0, keep_data: bool = False) -> None:
+        """SIGTERM (Kafka shuts down cleanly, ~0.5 s here), SIGKILL after `timeout`. The data is
+        removed unless keep_data, for start() to restart on."""
         if self.proc is not None:
             self.proc.terminate()
             try:
@@ -530,7 +548,7 @@ class Broker:
                 self.proc.wait()
             self.exit_code = self.proc.returncode
             self.proc = None
-        if self.data_dir is not None:
+        if self.data_dir is not None and not keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None
 
@@ -546,7 +564,7 @@ def _read_state() -> dict | None:
 
 def cmd_up(port: int) -> int:
     state = _read_state()
-    running = state if state and _alive(state["pid"]) and _is_our_broker(state["pid"]) else None
+    running = state if state and state.get("pid") and _alive(state["pid"]) and _is_our_broker(state["pid"]) else None
     if running and running["port"] == port:
         print(f"kafka already running (pid {running['pid']})", file=sys.stderr)
         print(running["bootstrap"])
@@ -559,10 +577,16 @@ def cmd_up(port: int) -> int:
         print(f"error: a kafka broker already runs on {running['bootstrap']} (pid {running['pid']});"
               f" run `down` first", file=sys.stderr)
         return 1
-    if state and state.get("data_dir"):  # left by a broker that died without `down`
+    broker = Broker(port, die_with_parent=False, log_path=STATE_DIR / "kafka.log")
+    if state and state.get("kept") and Path(state["data_dir"]).is_dir():  # `down --keep-data`: restart on it
+        if state["port"] != port:
+            print(f"error: the kept broker data is for port {state['port']}; `up --port {state['port']}`"
+                  " restarts on it, `down` removes it", file=sys.stderr)
+            return 1
+        broker.data_dir = Path(state["data_dir"])
+    elif state and state.get("data_dir"):  # left by a broker that died without `down`
         shutil.rmtree(state["data_dir"], ignore_errors=True)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    broker = Broker(port, die_with_parent=False, log_path=STATE_DIR / "kafka.log")
     try:
         broker.start()
     except BrokerError as e:
@@ -579,7 +603,7 @@ def cmd_up(port: int) -> int:
     return 0
 
 
-def cmd_down() -> int:
+def cmd_down(keep_data: bool = False) -> int:
     state = _read_state() or {}
     pid = state.get("pid")
     if pid is None and PID_FILE.is_file():
@@ -592,9 +616,13 @@ def cmd_down() -> int:
         print(f"kafka broker pid {pid} stopped", file=sys.stderr)
     else:
         print("no kafka broker running", file=sys.stderr)
+    PID_FILE.unlink(missing_ok=True)
+    if keep_data and state.get("data_dir"):
+        STATE_FILE.write_text(json.dumps({**state, "pid": None, "kept": True}, indent=1) + "\n")
+        print(f"kept its data in {state['data_dir']}: `up --port {state['port']}` restarts on it", file=sys.stderr)
+        return 0
     if state.get("data_dir"):
         shutil.rmtree(state["data_dir"], ignore_errors=True)
-    PID_FILE.unlink(missing_ok=True)
     STATE_FILE.unlink(missing_ok=True)
     return 0
 
@@ -605,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("fetch", help="copy Kafka's jars into broker/jars, train a class-data archive (once)")
     up = sub.add_parser("up", help="start the broker in the background and print its address")
     up.add_argument("--port", type=int, default=DEFAULT_PORT)
-    sub.add_parser("down", help="stop the broker and remove its data")
+    down = sub.add_parser("down", help="stop the broker and remove its data")
+    down.add_argument("--keep-data", action="store_true", help="keep the data: the next `up` restarts on it")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "fetch":
@@ -614,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "up":
             return cmd_up(args.port)
-        return cmd_down()
+        return cmd_down(args.keep_data)
     except BrokerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -108,6 +108,12 @@ class Shard:
         self.max_wait_ms = int(settings.max_wait_s * 1000)
         self.retention_ms = int(settings.retention_s * 1000)
         self.max_ranges = settings.max_ranges_per_ip
+        self.max_pending = settings.max_pending_per_shard
+        self.max_connections = settings.max_connections_per_shard
+        self.evicted: dict[str, int] = {}  # what the bounds pushed out, by kind; read and reset by the caller
+        # Lookups of addresses no evidence named when they came, by the exporter that asked: a scan's.
+        self.unnamed: dict[str, deque[Pending]] = {}
+        self.unnamed_candidates = 0
         self.guard_ms = settings.skew_guard_ms
         self.window_ms = settings.connection_window_ms
         self.clock = ArrivalClock(partitions)
@@ -116,11 +122,16 @@ class Shard:
         self.late = 0  # works read after the clock had passed their arrival (applied at once)
         self.peers = PeerClocks(self.guard_ms, clock_bound_ms)
         self.refused_claims = 0  # claims of exporters whose clocks their peers contradict
+        self.claimers: dict[tuple[str, str], tuple[str, str]] = {}  # one shared (workload, exporter) each
         self.ranges: dict[str, list] = {}
         self.port_ranges: dict[str, dict[Ports, list]] = {}  # shared IPv4 addresses, by port range
         self.events: dict[str, list] = {}
         self.connections: dict[ConnectionKey, list[tuple[int, str, str]]] = {}  # (start, workload, exporter)
-        self.connection_order: deque[tuple[int, ConnectionKey]] = deque()  # (arrival, key)
+        self.connection_order: deque[tuple[int, ConnectionKey, tuple]] = deque()  # (arrival, key, report)
+        self.connection_count = 0
+        # The same reports by the exporter that sent them, oldest first: what a flood's bound evicts.
+        self.reports_by_exporter: dict[str, deque[tuple[ConnectionKey, tuple]]] = {}
+        self.report_candidates = 0
         self.first_tries: list[tuple[int, int, Pending]] = []
         # Lookups past their first try wait here for new evidence on their address, and in `deadlines`.
         self.waiting: dict[str, list[Pending]] = {}
@@ -210,8 +221,7 @@ class Shard:
             kind = type(item)
             if kind is Claim:
                 ip = item.ip
-                offset = self.peers.offset(item.exporter)
-                if offset is None:
+                if self.peers.offset(item.exporter) is None:
                     self.refused_claims += 1
                     continue
                 if item.ports is None:
@@ -225,15 +235,31 @@ class Shard:
                     spans = by_port.get(item.ports)
                     if spans is None:
                         spans = by_port[item.ports] = []
-                ownership.claim(spans, item.workload, item.start - offset, item.end - offset, self.max_ranges)
+                        if len(by_port) > self.max_ranges:
+                            # The port range heard of longest ago goes: its newest claim ends first.
+                            del by_port[min(by_port, key=lambda ports: by_port[ports][-2] if by_port[ports] else ENDED)]
+                            self._count_eviction("port_ranges")
+                if ownership.claim(spans, self._claimer(item.workload, item.exporter), item.start, item.end, self.max_ranges):
+                    self._count_eviction("ranges")
             elif kind is Connection:
                 key = item.key
+                report = (item.start, item.workload, item.exporter)
                 reports = self.connections.get(key)
                 if reports is None:
-                    self.connections[key] = [(item.start, item.workload, item.exporter)]
+                    self.connections[key] = [report]
                 else:
-                    reports.append((item.start, item.workload, item.exporter))
-                self.connection_order.append((work.arrival_ms, key))
+                    reports.append(report)
+                self.connection_order.append((work.arrival_ms, key, report))
+                self.connection_count += 1
+                mine = self.reports_by_exporter.get(item.exporter)
+                if mine is None:
+                    mine = self.reports_by_exporter[item.exporter] = deque()
+                mine.append((key, report))
+                self.report_candidates += 1
+                if self.report_candidates > 2 * self.max_connections:
+                    self._forget_gone_reports()
+                if self.connection_count > self.max_connections:
+                    self._evict_connections()
                 ip = key[0]
             elif kind is Lookup:
                 flow = item.flow
@@ -251,6 +277,16 @@ class Shard:
                 pending = Pending(flow, start, first + self.max_wait_ms - self.delay_ms, settle)
                 self.seq += 1
                 heapq.heappush(self.first_tries, (first, self.seq, pending))
+                if not self._named(flow):
+                    queue = self.unnamed.get(flow["exporter"])
+                    if queue is None:
+                        queue = self.unnamed[flow["exporter"]] = deque()
+                    queue.append(pending)
+                    self.unnamed_candidates += 1
+                    if self.unnamed_candidates > 2 * self.max_pending:
+                        self._forget_answered_lookups()
+                if len(self.first_tries) + len(self.deadlines) > self.max_pending:
+                    self._evict_lookups(decided)
                 continue
             else:
                 ip = item.ip
@@ -263,6 +299,109 @@ class Shard:
         for ip in touched:
             self._retry(ip, decided)
 
+    def _count_eviction(self, kind: str) -> None:
+        self.evicted[kind] = self.evicted.get(kind, 0) + 1
+
+    def _evict_lookups(self, decided: list[Flow]) -> None:
+        """Over the bound, as under a scan: a tenth of the bound is answered now, from what is known.
+        First the oldest lookups of the exporter asking most about addresses that no evidence names (a
+        scanner's: they are answered as their deadline would answer them), while still unnamed; the
+        lookups of every other host keep their wait. Only when there are none, the lookups due soonest."""
+        target = max(1, self.max_pending // 10)
+        killed = 0
+        while killed < target and self.unnamed:
+            exporter = max(self.unnamed, key=lambda e: len(self.unnamed[e]))
+            queue = self.unnamed[exporter]
+            while queue and killed < target:
+                p = queue.popleft()
+                self.unnamed_candidates -= 1
+                if p.live and not self._named(p.flow):
+                    p.live = False
+                    decided.append(self._answer(p, final=True) or _no_owner(p.flow))
+                    killed += 1
+            if not queue:
+                del self.unnamed[exporter]
+        if killed:
+            # Their places in the heaps go too (and those of lookups answered since they waited there);
+            # in place: the heaps are held by reference while time advances.
+            self.first_tries[:] = [e for e in self.first_tries if e[2].live]
+            heapq.heapify(self.first_tries)
+            self.deadlines[:] = [e for e in self.deadlines if e[2].live]
+            heapq.heapify(self.deadlines)
+            for ip in [ip for ip, entries in self.waiting.items() if not all(e.live for e in entries)]:
+                entries = [e for e in self.waiting[ip] if e.live]
+                if entries:
+                    self.waiting[ip] = entries
+                else:
+                    del self.waiting[ip]
+        while len(self.first_tries) + len(self.deadlines) > self.max_pending:
+            if self.first_tries:
+                _, _, p = heapq.heappop(self.first_tries)
+            else:
+                _, _, p = heapq.heappop(self.deadlines)
+                if not p.live:
+                    continue  # already answered: its place in the heap was all that was left of it
+                ip = p.flow["remote_ip"]
+                entries = [e for e in self.waiting.get(ip, ()) if e is not p]
+                if entries:
+                    self.waiting[ip] = entries
+                else:
+                    self.waiting.pop(ip, None)
+            p.live = False
+            decided.append(self._answer(p, final=True) or _no_owner(p.flow))
+            killed += 1
+        self.evicted["lookups"] = self.evicted.get("lookups", 0) + killed
+
+    def _named(self, flow: Flow) -> bool:
+        """Whether any evidence here speaks of the flow's remote address."""
+        ip = flow["remote_ip"]
+        return (ip in self.ranges or ip in self.port_ranges or ip in self.events
+                or (ip, flow["remote_port"], flow["local_ip"], flow["local_port"]) in self.connections)
+
+    def _drop_report(self, key: ConnectionKey, report: tuple) -> bool:
+        reports = self.connections.get(key)
+        if reports is None or report not in reports:
+            return False  # evicted or pruned already
+        reports.remove(report)
+        if not reports:
+            del self.connections[key]
+        self.connection_count -= 1
+        return True
+
+    def _forget_gone_reports(self) -> None:
+        """The candidates for eviction are kept to what is still there: reports pruned by age go."""
+        for exporter in list(self.reports_by_exporter):
+            kept = deque(e for e in self.reports_by_exporter[exporter] if e[1] in self.connections.get(e[0], ()))
+            if kept:
+                self.reports_by_exporter[exporter] = kept
+            else:
+                del self.reports_by_exporter[exporter]
+        self.report_candidates = sum(len(d) for d in self.reports_by_exporter.values())
+
+    def _forget_answered_lookups(self) -> None:
+        for exporter in list(self.unnamed):
+            kept = deque(p for p in self.unnamed[exporter] if p.live)
+            if kept:
+                self.unnamed[exporter] = kept
+            else:
+                del self.unnamed[exporter]
+        self.unnamed_candidates = sum(len(d) for d in self.unnamed.values())
+
+    def _evict_connections(self) -> None:
+        """Over the bound: a tenth of it goes, the oldest reports of the exporter that sent the most (a
+        scanner's), so that the reports of every other host stay for the other end's lookup."""
+        target = max(1, self.max_connections // 10)
+        dropped = 0
+        while dropped < target and self.reports_by_exporter:
+            exporter = max(self.reports_by_exporter, key=lambda e: len(self.reports_by_exporter[e]))
+            mine = self.reports_by_exporter[exporter]
+            while mine and dropped < target:
+                self.report_candidates -= 1
+                dropped += self._drop_report(*mine.popleft())
+            if not mine:
+                del self.reports_by_exporter[exporter]
+        self.evicted["connections"] = self.evicted.get("connections", 0) + dropped
+
     def _decide_due(self, decided: list[Flow]) -> None:
         clock = self.now_ms
         first_tries = self.first_tries
@@ -272,9 +411,11 @@ class Shard:
                 self._sample_clocks(p)
             answer = self._answer(p)
             if answer is not None:
+                p.live = False
                 decided.append(answer)
                 continue
             if p.deadline <= clock:
+                p.live = False
                 decided.append(self._answer(p, final=True) or _no_owner(p.flow))
                 continue
             ip = p.flow["remote_ip"]
@@ -296,6 +437,10 @@ class Shard:
             else:
                 self.waiting.pop(ip, None)
             decided.append(self._answer(p, final=True) or _no_owner(p.flow))
+
+    def _claimer(self, workload: str, exporter: str) -> tuple[str, str]:
+        pair = (workload, exporter)
+        return self.claimers.setdefault(pair, pair)
 
     def _sample_clocks(self, p: Pending) -> None:
         """The other host's report of this same connection, if it came, shows how the two clocks differ."""
@@ -329,21 +474,24 @@ class Shard:
         shared = ip in self.port_ranges
         spans = self._spans_for(ip, port) if shared else self.ranges.get(ip)
         reports = self.connections.get((ip, port, flow["local_ip"], flow["local_port"]))
+        clock, reach = self.peers.clock, self.peers.bound_ms
+        looker = clock(flow["exporter"])
+        guard = self.guard_ms + (looker[1] if looker else 0)  # how far the flow's own start may be off
         if reports:
             names = set()
             for s, w, exporter in reports:
-                offset = self.peers.offset(exporter)
-                if offset is not None and abs(s - offset - start) <= self.window_ms:
+                reporter = clock(exporter)
+                if reporter is not None and abs(s - reporter[0] - start) <= self.window_ms + guard - self.guard_ms + reporter[1]:
                     names.add(w)
             if len(names) > 1:
                 return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
             if names:
                 name = names.pop()
-                if spans and ownership.contradicted(spans, name, start, self.guard_ms):
+                if spans and ownership.contradicted(spans, name, start, guard, clock, reach):
                     return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
                 return attributed(flow, ATTRIBUTED_OUTCOME, name, None, "heartbeat", "connection")
         if spans:
-            owner = ownership.owner_at(spans, start, self.guard_ms)
+            owner = ownership.owner_at(spans, start, guard, clock, reach)
             if owner is ownership.CONFLICT:
                 return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
             if owner is None:
@@ -355,7 +503,11 @@ class Shard:
         # late unassignment would have had time to arrive.
         events = self.events.get(ip)
         if events and (self.now_ms >= p.settle or final):
-            owner = ownership.assigned_at(events, start)
+            # The flow's start is on a host's clock: an assignment that changed within the guard of it
+            # may have changed before or after it.
+            owner = ownership.assigned_at(events, start - guard)
+            if owner != ownership.assigned_at(events, start + guard):
+                return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="ip_event")
             if owner is not None:
                 return attributed(flow, ATTRIBUTED_OUTCOME, owner, None, "ip_event", "event")
         return None
@@ -392,12 +544,8 @@ class Shard:
         report_horizon = at - self.max_wait_ms - self.delay_ms
         order = self.connection_order
         while order and order[0][0] < report_horizon:
-            _, key = order.popleft()
-            reports = self.connections.get(key)
-            if reports is not None and len(reports) == 1:
-                del self.connections[key]
-            elif reports is not None:
-                reports.pop(0)
+            _, key, report = order.popleft()
+            self._drop_report(key, report)
         self.next_prune_ms = at + self.prune_every_ms
 
 

@@ -1,11 +1,11 @@
-"""The `flowattr` command: run the job (embedded, on files, or on Kafka), simulate a fleet, tail a topic,
-and the exporter's commands."""
+"""The `flowattr` command: run the job (embedded, on files, or on Kafka) and simulate a fleet here; every
+other command lives in its own module and registers itself (tail, deps, submit, scale, replay, and the
+exporter's)."""
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import socket
 import sys
 import threading
@@ -14,11 +14,12 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-import orjson
-
+from dataflow import deps, entitle, replay, scale, submit, tail
 from dataflow import simulate as sim
-from dataflow.config import Config, ConfigError, load_config
+from dataflow.config import Config, ConfigError, check_job, load_config
+from dataflow.local_cluster import DEFAULT_RUN_DIR, Supervisor
 from dataflow.routing import Tally
+from dataflow.shutdown import Shutdown
 from dataflow.summary import file_run_summary, render
 from exporter.cli import register as register_exporter
 
@@ -34,23 +35,27 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--output-dir", help="file mode: write outputs here")
     run.add_argument("--brokers", help="Kafka bootstrap servers (Kafka mode)")
     run.add_argument("--region", help="this job's region")
+    run.add_argument("--regions", help='every region\'s CIDRs, "NAME=CIDR,CIDR;OTHER=CIDR" (replaces [regions])')
     run.add_argument("-w", "--workers", type=int, default=1, help="worker threads in this process")
     run.add_argument("--summary-every", type=float, default=30.0, help="Kafka mode: seconds between summary lines")
+    run.add_argument("--processes", type=int, help="Kafka mode: a local deployment of this many processes, "
+                     "rescalable with `flowattr scale` (recovery on)")
+    run.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the local deployment's folder: status, logs, recovery")
     run.set_defaults(handler=_run)
 
-    simulate = sub.add_parser("simulate", help="write a simulated fleet's input files and its truth")
-    simulate.add_argument("output", help="folder to write")
+    simulate = sub.add_parser("simulate", help="write a simulated fleet's input files and its truth, "
+                              "or publish it to Kafka as it happens (--brokers)")
+    simulate.add_argument("output", nargs="?", help="folder to write")
+    simulate.add_argument("--brokers", help="publish to Kafka instead, each batch when it arrives, starting now")
+    simulate.add_argument("--interval-s", type=int, default=sim.Scenario.interval_s,
+                          help="seconds between a host's reports (attribution.delay_s should exceed it)")
     simulate.add_argument("--seed", type=int, default=sim.Scenario.seed)
     simulate.add_argument("--minutes", type=int, default=sim.Scenario.duration_s // 60)
     simulate.add_argument("--start-ms", type=int, help="simulated start (default: that many minutes ago)")
     simulate.set_defaults(handler=_simulate)
 
-    tail = sub.add_parser("tail", help="print a topic's records, one JSON record per line")
-    tail.add_argument("topic")
-    tail.add_argument("--brokers", help="Kafka bootstrap servers")
-    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
-    tail.set_defaults(handler=_tail)
-
+    for command in (tail, deps, submit, scale, replay, entitle):
+        command.register(sub)
     register_exporter(sub)
     for command in sub.choices.values():
         # `flowattr run --config F` reads as naturally as `flowattr --config F run`.
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "kafka.brokers": getattr(args, "brokers", None),
         "region": getattr(args, "region", None),
+        "regions": getattr(args, "regions", None),
         "files.input_dir": getattr(args, "input_dir", None),
         "files.output_dir": getattr(args, "output_dir", None),
     }
@@ -76,6 +82,11 @@ def _run(args, config: Config) -> int:
 
     from dataflow.flow import build
 
+    if args.processes is not None:
+        if args.processes < 1:
+            raise ConfigError("--processes must be at least 1")
+        return Supervisor(config, args.config, Path(args.run_dir), args.processes, args.workers,
+                          args.summary_every).run()
     truth = None
     if args.embedded:
         config, truth = _embedded(config)
@@ -83,6 +94,7 @@ def _run(args, config: Config) -> int:
         raise ConfigError("give --embedded, --input-dir DIR, or --brokers HOST:PORT (or kafka.brokers in the config)")
     elif config.files.input_dir and not Path(config.files.input_dir).is_dir():
         raise ConfigError(f"input folder {config.files.input_dir} does not exist")
+    check_job(config)
 
     tally = Tally()
     addresses, process_id = config.cluster_addresses(socket.gethostname())
@@ -109,7 +121,8 @@ def _run(args, config: Config) -> int:
             return 1
         return 0
 
-    flow = build(config, tally)
+    shutdown = Shutdown()
+    flow = build(config, tally, shutdown)
     stop = threading.Event()
     reporter = threading.Thread(target=_report_every, args=(tally, args.summary_every, stop), daemon=True)
     reporter.start()
@@ -118,13 +131,13 @@ def _run(args, config: Config) -> int:
         f"flowattr run: Kafka {config.kafka.brokers}, region {config.region}, {args.workers} worker(s){where}",
         flush=True,
     )
-    signal.signal(signal.SIGTERM, _interrupt)
+    shutdown.install()
     try:
         cli_main(flow, workers_per_process=args.workers, **cluster, **_recovery(config))
     except KeyboardInterrupt:
         pass
     except Exception as e:
-        # The runtime wraps an interrupt that lands in a step in its own error.
+        # A second signal interrupts a step; the runtime wraps that in its own error.
         if not _interrupted(e):
             raise
     finally:
@@ -157,11 +170,6 @@ def _interrupted(error: BaseException | None) -> bool:
     return False
 
 
-def _interrupt(signum, frame):
-    # A pod is stopped with SIGTERM; end the run as Ctrl-C does, with the final summary line.
-    raise KeyboardInterrupt
-
-
 def _embedded(config: Config):
     """A simulated fleet of a few dozen workloads, written to out/embedded, with the job set up for it."""
     minutes = sim.Scenario.duration_s // 60
@@ -184,34 +192,26 @@ def _embedded(config: Config):
 
 def _simulate(args, config: Config) -> int:
     minutes = args.minutes
+    if args.brokers:
+        from dataflow.publish import publish
+
+        # Live: the fleet starts now and every batch is sent when it arrives.
+        scenario = sim.Scenario(seed=args.seed, start_ms=int(time.time() * 1000), duration_s=minutes * 60,
+                                interval_s=args.interval_s)
+        fleet = sim.simulate(scenario)
+        # The simulated fleet lives in region us-east, whatever this configuration's region.
+        print(f"flowattr simulate: {fleet.records} flow reports over {minutes} min to Kafka {config.kafka.brokers}, "
+              f"region {sim.HOME}", flush=True)
+        sent = publish(replace(config, region=sim.HOME), fleet, lambda line: print(line, flush=True))
+        print(f"flowattr simulate: {sent} batches sent")
+        return 0
+    if not args.output:
+        raise ConfigError("give a folder to write, or --brokers HOST:PORT to publish to Kafka")
     start_ms = args.start_ms if args.start_ms is not None else (int(time.time()) // 60 - minutes - 5) * 60_000
-    scenario = sim.Scenario(seed=args.seed, start_ms=start_ms, duration_s=minutes * 60)
+    scenario = sim.Scenario(seed=args.seed, start_ms=start_ms, duration_s=minutes * 60, interval_s=args.interval_s)
     fleet = sim.simulate(scenario)
     folder = sim.write(fleet, args.output)
     print(f"{fleet.records} flow reports, {len(fleet.truth)} with known truth -> {folder}")
-    return 0
-
-
-def _tail(args, config: Config) -> int:
-    from dataflow.kafka_io import read_topic
-    from dataflow.records import iter_records
-
-    if not config.kafka.brokers:
-        raise ConfigError("give --brokers HOST:PORT (or kafka.brokers in the config)")
-    out = sys.stdout.buffer
-    try:
-        for message in read_topic(config.kafka, args.topic):
-            if message is None:
-                if not args.follow:
-                    return 0
-                continue
-            for record in iter_records(message.value()):
-                out.write(orjson.dumps(record) + b"\n")
-            out.flush()
-    except KeyError as e:
-        raise ConfigError(str(e.args[0])) from None
-    except (KeyboardInterrupt, BrokenPipeError):
-        return 0
     return 0
 
 

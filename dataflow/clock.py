@@ -84,34 +84,65 @@ class PeerClocks:
     Offsets within the guard are clock noise that ranges' guard absorbs; larger ones are corrected;
     beyond the bound the exporter is not believed."""
 
-    SAMPLES = 15
-    MIN_SAMPLES = 3
+    SAMPLES = 32
+    MIN_PEERS = 3
 
     def __init__(self, guard_ms: int, bound_ms: int):
         self.guard_ms = guard_ms
         self.bound_ms = bound_ms
-        self.samples: dict[str, deque[int]] = {}
+        self.samples: dict[str, deque[tuple[str, int]]] = {}  # (peer, difference)
+        # Of exporters seen with enough distinct peers: (median, spread of the middle half) over their
+        # peers, each peer counted once (by its own median), so that one busy peer with a bad clock
+        # cannot pass its offset on. It is the exporter's offset as far as most of its peers keep time;
+        # how widely the peers disagree says how far that can be trusted.
+        self.known: dict[str, tuple[int, int]] = {}
+        # The largest offset seen among exporters whose clocks are known: how far an exporter not yet
+        # known may be off. It only grows, so the same evidence always gives the same answers.
+        self.spread = 0
 
     def observe(self, looker: str, reporter: str, difference_ms: int) -> None:
         """One connection: the reporter's start minus the looker's start for the same connection."""
         if looker == reporter or abs(difference_ms) > 2 * self.bound_ms:
             return
-        for exporter, sample in ((reporter, difference_ms), (looker, -difference_ms)):
+        for exporter, peer, sample in ((reporter, looker, difference_ms), (looker, reporter, -difference_ms)):
             samples = self.samples.get(exporter)
             if samples is None:
                 samples = self.samples[exporter] = deque(maxlen=self.SAMPLES)
-            samples.append(sample)
+            samples.append((peer, sample))
+            by_peer: dict[str, list[int]] = {}
+            for p, d in samples:
+                by_peer.setdefault(p, []).append(d)
+            if len(by_peer) >= self.MIN_PEERS:
+                ordered = sorted(_median(ds) for ds in by_peer.values())
+                n = len(ordered)
+                median, scatter = ordered[n // 2], ordered[(3 * n) // 4] - ordered[n // 4]
+                self.known[exporter] = (median, scatter)
+                if abs(median) <= self.bound_ms:
+                    self.spread = max(self.spread, abs(median) + scatter)
 
     def offset(self, exporter: str) -> int | None:
-        """ms the exporter's clock runs ahead (0 within the guard or unknown); None beyond the bound."""
-        samples = self.samples.get(exporter)
-        if samples is None or len(samples) < self.MIN_SAMPLES:
+        """ms the exporter's clock runs ahead (0 while unknown); None beyond the bound."""
+        known = self.known.get(exporter)
+        if known is None:
             return 0
-        ordered = sorted(samples)
-        median = ordered[len(ordered) // 2]
+        return None if abs(known[0]) > self.bound_ms else known[0]
+
+    def clock(self, exporter: str) -> tuple[int, int] | None:
+        """(offset, slack): the correction for the exporter's times and how much further they may be
+        off than half the guard allows for (an exporter not known yet: as far as any known one); None
+        when its clock is not to be believed."""
+        known = self.known.get(exporter)
+        half_guard = self.guard_ms // 2
+        if known is None:
+            return 0, max(0, self.spread - half_guard)
+        median, scatter = known
         if abs(median) > self.bound_ms:
             return None
-        return median if abs(median) > self.guard_ms else 0
+        return median, max(0, scatter - half_guard)
 
     def untrusted(self) -> list[str]:
         return sorted(e for e in self.samples if self.offset(e) is None)
+
+
+def _median(values: list[int]) -> int:
+    return sorted(values)[len(values) // 2]

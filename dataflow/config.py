@@ -4,6 +4,7 @@ variables, then command-line flags, each in this one place, then passed down to 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -53,6 +54,11 @@ class KafkaConfig:
     ssl_key_password: str = field(default="", repr=False)
     # 0 turns off the check that the broker's certificate names the host connected to.
     ssl_verify_hostname: int = 1
+    # The job's producer refuses a message larger than this (librdkafka's message.max.bytes); output
+    # messages are split to fit it and each output topic's own max.message.bytes.
+    max_message_bytes: int = 1_000_000
+    # A broker that does not answer for this long is an error, not a wait.
+    timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,12 @@ class AttributionConfig:
     delay_s: float = 60.0
     max_wait_s: float = 300.0
     retention_s: float = 3600.0
-    max_ranges_per_ip: int = 32
+    max_ranges_per_ip: int = 32  # and port ranges per shared address; beyond it the oldest goes, counted
+    # Bounds on one shard's state under a scan or a flood (memory grows with them): beyond them the
+    # lookup due soonest is answered at once from what is known, the oldest connection report dropped;
+    # each eviction is counted (evicted.* in the summary).
+    max_pending_per_shard: int = 50_000
+    max_connections_per_shard: int = 100_000
     # Host clocks disagree by a few hundred ms; a range lookup this close to another owner's range
     # is reported as a conflict rather than guessed.
     skew_guard_ms: int = 1000
@@ -80,6 +91,17 @@ class AttributionConfig:
     shards: int = 128
     max_future_s: float = 3600.0
     max_age_s: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # Bounds on input that keep one message from stopping or swamping the job; anything over a bound
+    # is a dead letter with its reason (docs/records.md).
+    message_bytes: int = 4 * 1024 * 1024  # one input message (a record or a batch)
+    records_per_message: int = 10_000
+    depth: int = 8  # JSON nesting inside one record, the record itself counting 1
+    string_chars: int = 4096  # any one string of a record, field names included
+    dead_letter_bytes: int = 2048  # a dead letter keeps at most this much of the original
 
 
 @dataclass(frozen=True)
@@ -147,6 +169,7 @@ class Config:
     entitlements: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
@@ -185,6 +208,7 @@ class Config:
 _SECTIONS = {
     "kafka": KafkaConfig,
     "attribution": AttributionConfig,
+    "limits": LimitsConfig,
     "trust": TrustConfig,
     "exporter": ExporterConfig,
     "files": FilesConfig,
@@ -261,6 +285,8 @@ def _build(settings: Mapping[str, Any]) -> Config:
 
 def _cidr_table(settings: Mapping[str, Any], name: str, what: str) -> dict[str, tuple[str, ...]]:
     table = settings.get(name, {})
+    if isinstance(table, str):  # --regions, FLOWATTR_REGIONS
+        table = parse_cidr_table(table, name)
     if not isinstance(table, Mapping) or not all(isinstance(cidrs, (list, tuple)) for cidrs in table.values()):
         raise ConfigError(f"[{name}] maps each {what} to a list of CIDRs")
     return {str(k): tuple(str(c) for c in cidrs) for k, cidrs in table.items()}
@@ -287,26 +313,80 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
         raise ConfigError(f"{name} must be a {type_name}, got {value!r}") from None
 
 
+# The accepted range of every number, inclusive. A value outside is refused on start: a negative
+# retention or wait would not fail, it would quietly turn most answers into wrong kinds of "no answer".
+DAY_S = 86400.0
+RANGES: dict[str, tuple[float, float]] = {
+    "kafka.partitions": (-1, 10_000),  # -1: the cluster's default
+    "kafka.replication_factor": (-1, 1_000),
+    "kafka.ssl_verify_hostname": (0, 1),
+    "metrics.port": (0, 65535),
+    "kafka.batch_size": (1, 100_000),
+    "kafka.max_message_bytes": (10_000, 1_000_000_000),
+    "kafka.timeout_s": (0.1, 3600),
+    "kafka.caught_up_margin_ms": (0, 600_000),
+    "attribution.delay_s": (0, DAY_S),
+    "attribution.max_wait_s": (0, 7 * DAY_S),
+    "attribution.retention_s": (1, 30 * DAY_S),
+    "attribution.max_ranges_per_ip": (1, 100_000),
+    "attribution.max_pending_per_shard": (1, 100_000_000),
+    "attribution.max_connections_per_shard": (1, 100_000_000),
+    "attribution.skew_guard_ms": (0, 600_000),
+    "attribution.connection_window_ms": (0, 600_000),
+    "attribution.event_settle_s": (0, DAY_S),
+    "attribution.shards": (1, 65_536),
+    "attribution.max_future_s": (1, 30 * DAY_S),
+    "attribution.max_age_s": (60, 3650 * DAY_S),
+    "trust.require_entitlement": (0, 1),
+    "trust.clock_bound_s": (0.001, DAY_S),
+    "limits.message_bytes": (1024, 1_000_000_000),
+    "limits.records_per_message": (1, 1_000_000),
+    "limits.depth": (2, 200),  # orjson encodes at most 254 levels; the answer's batch adds one
+    "limits.string_chars": (200, 10_000_000),  # flow_id alone may be 200
+    "limits.dead_letter_bytes": (0, 10_000_000),
+    "exporter.interval_s": (0.1, 3600),
+    "exporter.buffer_max_records": (1, 1_000_000_000),
+    "exporter.batch_records": (1, 1_000_000),
+    "exporter.max_connections": (1, 100_000_000),
+    "exporter.max_workloads": (1, 100_000_000),
+    "exporter.ring_pages": (1, 1 << 20),
+    "exporter.capture_loopback": (0, 1),
+    "recovery.snapshot_s": (0.1, DAY_S),
+    "recovery.backup_s": (0, 30 * DAY_S),
+    "cluster.process_id": (-1, 100_000),
+    "cluster.replicas": (1, 100_000),
+    "cluster.port": (1, 65535),
+}
+
+
 def _check(config: Config) -> None:
+    for section in _SECTIONS:
+        values = getattr(config, section)
+        for f in dataclasses.fields(values):
+            if f.type not in ("int", "float"):
+                continue
+            name = f"{section}.{f.name}"
+            low, high = RANGES[name]
+            value = getattr(values, f.name)
+            if not low <= value <= high:
+                raise ConfigError(f"{name} is {_num(value)}: set it between {_num(low)} and {_num(high)} ({_where(name)})")
     a = config.attribution
-    if a.delay_s < 0 or a.max_wait_s < a.delay_s:
-        raise ConfigError("attribution.max_wait_s must be at least attribution.delay_s (both >= 0)")
-    if a.event_settle_s < 0:
-        raise ConfigError("attribution.event_settle_s must be >= 0")
-    if a.shards < 1 or a.max_ranges_per_ip < 1:
-        raise ConfigError("attribution.shards and attribution.max_ranges_per_ip must be >= 1")
+    if a.max_wait_s < a.delay_s:
+        raise ConfigError(f"attribution.max_wait_s must be at least attribution.delay_s ({a.max_wait_s:g} < {a.delay_s:g})")
+    if a.retention_s < a.max_wait_s:
+        raise ConfigError(
+            "attribution.retention_s must be at least attribution.max_wait_s, ownership must outlive the wait"
+            f" for it ({a.retention_s:g} < {a.max_wait_s:g})"
+        )
+    ring = config.exporter.ring_pages
+    if ring & (ring - 1):
+        raise ConfigError(f"exporter.ring_pages is {ring}: set it to a power of two ({_where('exporter.ring_pages')})")
     if config.kafka.starting_offset not in ("beginning", "end"):
         raise ConfigError("kafka.starting_offset must be 'beginning' or 'end'")
-    if config.exporter.interval_s <= 0:
-        raise ConfigError("exporter.interval_s must be > 0")
-    if config.trust.clock_bound_s <= 0 or config.trust.require_entitlement not in (0, 1):
-        raise ConfigError("trust.clock_bound_s must be > 0 and trust.require_entitlement 0 or 1")
     _check_kafka_security(config.kafka)
     k = config.kafka
-    if k.partitions == 0 or k.partitions < -1 or k.replication_factor == 0 or k.replication_factor < -1:
+    if k.partitions == 0 or k.replication_factor == 0:
         raise ConfigError("kafka.partitions and kafka.replication_factor must be >= 1, or -1 for the cluster's default")
-    if not 0 <= config.metrics.port <= 65535:
-        raise ConfigError("metrics.port must be 0 (none) or a TCP port")
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -330,3 +410,46 @@ def _check_kafka_security(k: KafkaConfig) -> None:
         raise ConfigError("kafka.ssl_* settings need kafka.security_protocol SSL or SASL_SSL")
     if bool(k.ssl_cert_file) != bool(k.ssl_key_file):
         raise ConfigError("kafka.ssl_cert_file and kafka.ssl_key_file go together (mutual TLS)")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _where(dotted: str) -> str:
+    section, _, name = dotted.partition(".")
+    return f"[{section}] {name} in the config file, or {ENV_PREFIX}{section.upper()}__{name.upper()}"
+
+
+def check_job(config: Config) -> None:
+    """What the attribution job needs beyond valid settings: regions to route by, its own among them."""
+    if not config.regions:
+        raise ConfigError(
+            "no regions are configured, so every flow would be external: give --config FILE with region and"
+            ' [regions], or --region NAME --regions "NAME=CIDR,CIDR;OTHER=CIDR"'
+        )
+    if config.region not in config.regions:
+        known = ", ".join(sorted(config.regions))
+        raise ConfigError(
+            f"region {config.region!r} is not in [regions] ({known}): set region (--region, FLOWATTR_REGION)"
+            " to one of them or add its CIDRs to [regions]"
+        )
+    for region, cidrs in config.regions.items():
+        if not cidrs:
+            raise ConfigError(f"region {region!r} has no CIDRs in [regions]: list its CIDRs or remove it")
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"region {region!r}: {cidr!r} is not a CIDR (such as 10.0.0.0/16)") from None
+
+
+def parse_cidr_table(text: str, name: str = "regions") -> dict[str, list[str]]:
+    """ "us-east=10.0.0.0/16,fd00::/48;eu-west=10.1.0.0/16", as --regions and FLOWATTR_REGIONS give them."""
+    regions = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, sep, cidrs = part.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f'{name}: {part!r} is not NAME=CIDR,CIDR (as in "us-east=10.0.0.0/16;eu-west=10.1.0.0/16")')
+        regions[name.strip()] = [c.strip() for c in cidrs.split(",") if c.strip()]
+    return regions

@@ -22,22 +22,28 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from dataflow import file_io, kafka_io
-from dataflow.attribution import Shard
-from dataflow.config import Config, load_config
+from dataflow.attribution import Lookup, Shard
+from dataflow.config import Config, check_job, load_config
 from dataflow.entitlements import Entitlements
 from dataflow.metrics import JobMetrics
-from dataflow.records import encode_batch
+from dataflow.records import DeadLetter, Origin, encode_batches
 from dataflow.routing import Routers, Tally
+from dataflow.shutdown import Shutdown
 
 NOT_SHARDS = ("forward", "answered", "dead")
 RECORDS_PER_MESSAGE = 500
 
 
 def from_environment() -> Dataflow:
-    return build(load_config(), Tally())
+    config = load_config()
+    check_job(config)
+    shutdown = Shutdown()
+    shutdown.install()
+    return build(config, Tally(), shutdown)
 
 
-def build(config: Config, tally: Tally) -> Dataflow:
+def build(config: Config, tally: Tally, shutdown: Shutdown | None = None) -> Dataflow:
+    shutdown = shutdown or Shutdown()
     file_mode = bool(config.files.input_dir)
     entitlements = Entitlements(bool(config.trust.require_entitlement), config.entitlements)
     flow = Dataflow("flowattr")
@@ -47,7 +53,7 @@ def build(config: Config, tally: Tally) -> Dataflow:
     if file_mode:
         rejected = file_io.read_entitlements(config.files.input_dir, entitlements)
         tally.add({"dead.bad_entitlement": rejected} if rejected else {})
-        messages = op.input("read_files", flow, file_io.InputFolder(config.files.input_dir))
+        messages = op.input("read_files", flow, shutdown.source(file_io.InputFolder(config.files.input_dir)))
         partitions = file_io.roles_present(config.files.input_dir)
     else:
         kafka_io.ensure_topics(config)
@@ -55,7 +61,7 @@ def build(config: Config, tally: Tally) -> Dataflow:
         partitions = kafka_io.partitions_of(config)
         streams = []
         for topic, role in kafka_io.input_topics(config).items():
-            raw = op.input(f"read_{role}", flow, kafka_io.source(config, topic, metrics.position))
+            raw = op.input(f"read_{role}", flow, shutdown.source(kafka_io.source(config, topic, metrics.position)))
             streams.append(op.map(f"as_message_{role}", raw, lambda m, role=role: kafka_io.as_message(m, role)))
         messages = op.merge("messages", *streams)
     if entitlements.required and not entitlements.exporters():
@@ -76,7 +82,9 @@ def build(config: Config, tally: Tally) -> Dataflow:
         by_shard,
         lambda resume: metrics.shard(ShardLogic(config, resume, partitions, file_mode, collector, tally)),
     )
-    decided_flows = op.map("decided_flows", decided, lambda key_flows: key_flows[1])
+    decided = op.branch("split_decided", decided, lambda key_out: type(key_out[1]) is list)
+    decided_flows = op.map("decided_flows", decided.trues, lambda key_flows: key_flows[1])
+    shard_dead = op.map("shard_dead_letters", decided.falses, lambda key_letter: key_letter[1].to_record())
     answered_at_once = op.filter_map(
         "answered_at_once", others, lambda item: item[1] if item[0] == "answered" else None
     )
@@ -84,6 +92,7 @@ def build(config: Config, tally: Tally) -> Dataflow:
     answers = op.map("count_outcomes", answers, lambda flows: _count_outcomes(flows, tally))
     forwards = op.filter_map("forwards", others, lambda item: item[1] if item[0] == "forward" else None)
     dead = op.filter_map("dead_letters", others, lambda item: item[1].to_record() if item[0] == "dead" else None)
+    dead = op.merge("all_dead_letters", dead, shard_dead)
 
     if file_mode:
         out = config.files.output_dir
@@ -98,22 +107,28 @@ def build(config: Config, tally: Tally) -> Dataflow:
         )
     else:
         k = config.kafka
+        forward_topics = [config.forward_topic(r) for r in sorted(set(config.regions) - {config.region})]
+        answers_max = kafka_io.max_value_bytes(config, [k.attributed_topic])
+        forwards_max = kafka_io.max_value_bytes(config, forward_topics) if forward_topics else answers_max
+        dead_max = kafka_io.max_value_bytes(config, [k.dlq_topic])
         op.output(
             "write_attributed",
-            op.flat_map("encode_attributed", answers, lambda flows: _messages(flows, None)),
-            kafka_io.sink(config, k.attributed_topic),
+            op.flat_map("encode_attributed", answers, lambda flows: _messages(flows, None, answers_max, config, tally)),
+            kafka_io.sink(config, k.attributed_topic, min(answers_max, dead_max)),
         )
         op.output(
             "write_forwards",
             op.flat_map(
-                "encode_forwards", forwards, lambda f: _messages(f.flows, config.forward_topic(f.region))
+                "encode_forwards",
+                forwards,
+                lambda f: _messages(f.flows, config.forward_topic(f.region), forwards_max, config, tally),
             ),
-            kafka_io.sink(config, None),
+            kafka_io.sink(config, None, min(forwards_max, dead_max)),
         )
         op.output(
             "write_dead_letters",
             op.map("encode_dead_letters", dead, lambda r: kafka_io.sink_message(orjson.dumps(r))),
-            kafka_io.sink(config, k.dlq_topic),
+            kafka_io.sink(config, k.dlq_topic, dead_max),
         )
     metrics.running = True
     return flow
@@ -151,6 +166,7 @@ class ShardLogic(StatefulBatchLogic):
     def __init__(self, config: Config, resume: bytes | None, partitions, finite: bool, collector, tally: Tally):
         self.collector = collector
         self.tally = tally
+        self.keep = config.limits.dead_letter_bytes
         if resume is not None:
             self.shard = pickle.loads(resume)
         else:
@@ -159,15 +175,30 @@ class ShardLogic(StatefulBatchLogic):
         self.recovery = bool(config.recovery.dir)
 
     def on_batch(self, items: list) -> tuple[list, bool]:
-        decided = []
+        decided, dead = [], []
         late = self.shard.late
         for item in items:
-            decided.extend(self.shard.absorb(item))
+            try:
+                decided.extend(self.shard.absorb(item))
+            except Exception as e:  # noqa: BLE001 - a surprise in one message's work must not stop the job
+                dead.extend(self._dead_letters(item, e))
         if self.shard.late > late:
             # Evidence read after the clock had passed its arrival: a replay may answer differently.
             self.tally.add({"late": self.shard.late - late})
+        if self.shard.evicted:
+            self.tally.add({f"evicted.{kind}": n for kind, n in self.shard.evicted.items()})
+            self.shard.evicted.clear()
         self.collector.tend()
-        return ([decided] if decided else []), StatefulBatchLogic.RETAIN
+        return ([decided] if decided else []) + dead, StatefulBatchLogic.RETAIN
+
+    def _dead_letters(self, item, error: Exception) -> list[DeadLetter]:
+        """The flows whose lookups came in the work that failed, as dead letters (they would otherwise
+        never be answered); the failure is counted whatever the work held."""
+        detail = f"{type(error).__name__}: {error}"
+        lookups = [i.flow for i in getattr(item, "items", ()) if type(i) is Lookup]
+        self.tally.add({"errors.shard": 1, "dead.internal_error": len(lookups)})
+        where = Origin("shard", *getattr(item, "order", (0, -1, -1))[1:], "shard")
+        return [DeadLetter.of("internal_error", detail, orjson.dumps(f), where, self.keep) for f in lookups]
 
     def on_eof(self) -> tuple[list, bool]:
         if not self.finite:
@@ -191,8 +222,16 @@ def _count_outcomes(flows: list[dict[str, Any]], tally: Tally) -> list[dict[str,
     return flows
 
 
-def _messages(records: list[dict[str, Any]], topic: str | None):
-    return [
-        kafka_io.sink_message(encode_batch(records[i : i + RECORDS_PER_MESSAGE]), topic)
-        for i in range(0, len(records), RECORDS_PER_MESSAGE)
-    ]
+def _messages(records: list[dict[str, Any]], topic: str | None, max_bytes: int, config: Config, tally: Tally):
+    """Output messages that the producer and the broker will take; an answer too large for any
+    message goes to the dead letters in its place, as much of it as a dead letter keeps."""
+    values, oversize = encode_batches(records, max_bytes, RECORDS_PER_MESSAGE)
+    messages = [kafka_io.sink_message(v, topic) for v in values]
+    if oversize:
+        tally.add({"dead.answer_too_large": len(oversize)})
+    for record, value in oversize:
+        where = Origin(topic or config.kafka.attributed_topic, -1, -1, "output")
+        detail = f"the answer for flow {record.get('flow_id')!r} is {len(value)} bytes, over the {max_bytes} a message takes"
+        letter = DeadLetter.of("answer_too_large", detail, value, where, config.limits.dead_letter_bytes)
+        messages.append(kafka_io.sink_message(orjson.dumps(letter.to_record()), config.kafka.dlq_topic))
+    return messages

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
@@ -30,7 +30,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from dataflow.config import Config, ConfigError, KafkaConfig
+from dataflow.config import Config, ConfigError
 from dataflow.entitlements import Entitlements
 from dataflow.kafka_client import client_settings, security_settings
 from dataflow.records import FORWARDED, IP_EVENTS, RAW, BadRecord, Origin, check_entitlement
@@ -59,17 +59,20 @@ def all_topics(config: Config) -> list[str]:
     return [k.raw_topic, k.ip_events_topic, k.attributed_topic, k.dlq_topic, k.exporters_topic, *forwards]
 
 
-def ensure_topics(config: Config, timeout_s: float = 30.0) -> list[str]:
+def ensure_topics(config: Config) -> list[str]:
     """Create the job's topics that do not exist yet, and make every input topic stamp arrival time;
     returns the topics created and says so on stderr."""
     k = config.kafka
+    timeout_s = k.timeout_s
     last_error = LastError()
     admin = _admin(config, last_error)
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as e:
         admin.poll(0)  # serves error_cb
-        raise ConnectionError(f"cannot reach Kafka at {k.brokers}: {last_error.why(e)}") from None
+        raise ConnectionError(
+            f"cannot reach Kafka at {k.brokers} within {timeout_s:g} s (kafka.timeout_s): {last_error.why(e)}"
+        ) from None
     existing = set(metadata.topics)
     inputs = set(input_topics(config))
     missing = [t for t in all_topics(config) if t not in existing]
@@ -194,12 +197,35 @@ def stamp_arrival(admin: AdminClient, topics: list[str], timeout_s: float = 30.0
             ) from None
 
 
-def partition_count(config: Config, topic: str, timeout_s: float = 30.0) -> int:
-    return len(_admin(config).list_topics(topic, timeout=timeout_s).topics[topic].partitions)
+def partition_count(config: Config, topic: str) -> int:
+    return len(_admin(config).list_topics(topic, timeout=config.kafka.timeout_s).topics[topic].partitions)
+
+
+# Room for what Kafka adds around a value (record and batch headers, the key) within a message's limit.
+FRAMING_BYTES = 512
+
+
+def max_value_bytes(config: Config, topics: list[str]) -> int:
+    """The largest message value the job may write to all of `topics`: its producer's message.max.bytes
+    or the smallest max.message.bytes the broker keeps for those topics, whichever is less."""
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
+    limit = config.kafka.max_message_bytes
+    admin = _admin(config)  # held until the answers are in: dropping it cancels them
+    for future in admin.describe_configs(resources, request_timeout=config.kafka.timeout_s).values():
+        try:
+            entries = future.result(config.kafka.timeout_s)
+        except KafkaException as e:
+            raise ConnectionError(f"cannot read topic limits from Kafka at {config.kafka.brokers}: {e}") from None
+        entry = entries.get("max.message.bytes")
+        if entry is not None and entry.value is not None:
+            limit = min(limit, int(entry.value))
+    return limit - FRAMING_BYTES
+
 
 
 def _admin(config: Config, last_error: LastError | None = None) -> AdminClient:
-    extra = {} if last_error is None else {"error_cb": last_error, "log_level": 0}
+    # A broker that does not answer is reported once, by the caller, not logged by librdkafka every second.
+    extra = {"log_level": 0} if last_error is None else {"error_cb": last_error, "log_level": 0}
     return AdminClient(client_settings(config.kafka, **extra))
 
 
@@ -227,7 +253,8 @@ def source(config: Config, topic: str, watch: PositionWatch | None = None) -> Ka
         [topic],
         tail=True,
         starting_offset=offset,
-        add_config=security_settings(config.kafka),
+        # Errors only: a broker's passing warnings (a coordinator still loading) are not the user's business.
+        add_config={**security_settings(config.kafka), "log_level": "3"},
         batch_size=config.kafka.batch_size,
         raise_on_errors=False,
         margin_ms=config.kafka.caught_up_margin_ms,
@@ -388,7 +415,10 @@ def follow_entitlements(
     return thread
 
 
-def sink(config: Config, topic: str | None) -> KafkaSink:
+def sink(config: Config, topic: str | None, max_value: int) -> KafkaSink:
+    """A producer whose messages, and batches of them, stay within what the topics take (max_value
+    from max_value_bytes): a batch the broker refuses would be lost, not retried."""
+    max_message = str(max_value + FRAMING_BYTES)
     return KafkaSink(
         config.kafka.brokers.split(","),
         topic,
@@ -397,38 +427,13 @@ def sink(config: Config, topic: str | None) -> KafkaSink:
             **security_settings(config.kafka),
             "linger.ms": "20",
             "compression.type": "lz4",
-            "batch.size": "1000000",
+            "batch.size": max_message,
+            "message.max.bytes": max_message,
             "enable.idempotence": "true",
+            "log_level": "3",
         },
     )
 
 
 def sink_message(value: bytes, topic: str | None = None, key: bytes | None = None) -> KafkaSinkMessage:
     return KafkaSinkMessage(key, value, topic=topic)
-
-
-def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 5.0, from_end: bool = False) -> Iterator[Any]:
-    """Every message now in `topic` (or, following, the new ones), for `flowattr tail`."""
-    last_error = LastError()
-    settings = {"group.id": "flowattr-tail", "enable.auto.commit": False, "log_level": 0, "error_cb": last_error}
-    consumer = Consumer(client_settings(kafka, **settings))
-    try:
-        try:
-            meta = consumer.list_topics(topic, timeout=timeout_s)
-        except KafkaException as e:
-            consumer.poll(0)  # serves error_cb
-            raise ConnectionError(f"cannot reach Kafka at {kafka.brokers}: {last_error.why(e)}") from None
-        if meta.topics[topic].error is not None:
-            raise KeyError(f"topic {topic} does not exist")
-        offset = OFFSET_END if from_end else OFFSET_BEGINNING
-        consumer.assign([TopicPartition(topic, p, offset) for p in meta.topics[topic].partitions])
-        while True:
-            msg = consumer.poll(timeout_s)
-            if msg is None:
-                yield None
-                continue
-            if msg.error():
-                raise KafkaException(msg.error())
-            yield msg
-    finally:
-        consumer.close()

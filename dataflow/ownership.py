@@ -1,9 +1,10 @@
 """Per-address ownership learned from heartbeats: time ranges in which a workload proved it owned the
 address, and the one question asked of them: who owned it at time t, if exactly one workload did.
 
-Ranges of one address are kept as one flat list [start, end, workload, start, end, workload, ...]
-sorted by start: a fleet has millions of addresses, and a flat list of ints and shared strings costs
-a fraction of a list of objects.
+Ranges of one address are kept as one flat list [start, end, claimer, start, end, claimer, ...] sorted
+by start: a fleet has millions of addresses, and a flat list of ints and shared objects costs a fraction
+of a list of objects. A claimer is one shared (workload, exporter) pair: times stay on the exporter's
+own clock and are corrected when asked, by what is known of that clock then.
 """
 
 from __future__ import annotations
@@ -12,22 +13,22 @@ CONFLICT = object()
 """owner_at's answer when more than one workload claims the time asked about."""
 
 
-def claim(spans: list, workload: str, start: int, end: int, max_ranges: int) -> None:
-    """Record that `workload` owned the address during [start, end].
+def claim(spans: list, workload, start: int, end: int, max_ranges: int) -> bool:
+    """Record that `workload` (a claimer) owned the address during [start, end].
 
-    Ranges of the same workload that overlap or touch are merged; ranges of different workloads are
+    Ranges of the same claimer that overlap or touch are merged; ranges of different claimers are
     kept side by side, overlapping or not, so that owner_at can see a conflict. Beyond `max_ranges`
-    the range that starts earliest is dropped.
+    the range that starts earliest is dropped (and True returned, for the count).
     """
     if spans and spans[-1] == workload and spans[-3] <= start <= spans[-2]:
         # The common case: the newest range of the same owner grows.
         if end > spans[-2]:
             spans[-2] = end
-        return
+        return False
     for i in range(len(spans) - 3, -1, -3):
         # Next most common: a range of the same owner already holds the whole claim.
         if spans[i + 2] == workload and spans[i] <= start and end <= spans[i + 1]:
-            return
+            return False
     i = 0
     while i < len(spans):
         s, e, w = spans[i], spans[i + 1], spans[i + 2]
@@ -40,6 +41,8 @@ def claim(spans: list, workload: str, start: int, end: int, max_ranges: int) -> 
     _insert(spans, start, end, workload)
     if len(spans) > 3 * max_ranges:
         del spans[:3]
+        return True
+    return False
 
 
 def _insert(spans: list, start: int, end: int, workload: str) -> None:
@@ -49,39 +52,60 @@ def _insert(spans: list, start: int, end: int, workload: str) -> None:
     spans[i:i] = (start, end, workload)
 
 
-def owner_at(spans: list, t: int, guard_ms: int):
-    """The workload whose range covers t, if it is the only workload with a range within guard_ms of t.
+def owner_at(spans: list, t: int, guard_ms: int, clock=None, reach_ms: int = 0):
+    """The workload whose range holds t, if it is the only workload with a range within the guard of t.
 
-    Returns None when no range covers t (the answer may still arrive), CONFLICT when two workloads
-    cover t or another workload's range comes within guard_ms of it (host clocks disagree by that
-    much, so the order of the two cannot be trusted).
+    `clock(exporter)` says what is known of a claiming exporter's clock: (offset, slack) in ms, or None
+    for a clock not to be believed (its ranges are left out); without it, times are taken as they are.
+    A range holds t only with the guard plus its slack to spare at both edges, since at an edge the
+    address may have been nobody's; another workload's range within that much of t makes a CONFLICT
+    (host clocks disagree by that much, so the order of the two cannot be trusted). `reach_ms`: the
+    most any correction moves a range (ranges are sorted by uncorrected start). None when no range
+    holds t: the answer may still arrive.
     """
     covering = None
     near = None
     for i in range(0, len(spans), 3):
         s = spans[i]
-        if s - guard_ms > t:
+        if s - guard_ms - reach_ms > t:
             break
-        e, w = spans[i + 1], spans[i + 2]
-        if t > e + guard_ms:
+        e, claimer = spans[i + 1], spans[i + 2]
+        margin = guard_ms
+        if clock is not None:
+            known = clock(claimer[1])
+            if known is None:
+                continue
+            offset, slack = known
+            s, e, margin = s - offset, e - offset, guard_ms + slack
+        if t > e + margin or s - margin > t:
             continue
+        w = claimer[0] if type(claimer) is tuple else claimer
         if near is None:
             near = w
         elif near != w:
             return CONFLICT
-        if s <= t <= e:
+        if s + margin <= t <= e - margin:
             covering = w
     return covering
 
 
-def contradicted(spans: list, workload: str, t: int, guard_ms: int) -> bool:
-    """Whether another workload's range holds t with guard_ms to spare on both sides: evidence that
+def contradicted(spans: list, workload: str, t: int, guard_ms: int, clock=None, reach_ms: int = 0) -> bool:
+    """Whether another workload's range holds t with the guard to spare on both sides: evidence that
     contradicts a report naming `workload`, however the hosts' clocks differ within the guard."""
     for i in range(0, len(spans), 3):
         s = spans[i]
-        if s > t - guard_ms:
+        if s - reach_ms > t - guard_ms:
             break
-        if spans[i + 2] != workload and t + guard_ms <= spans[i + 1]:
+        e, claimer = spans[i + 1], spans[i + 2]
+        margin = guard_ms
+        if clock is not None:
+            known = clock(claimer[1])
+            if known is None:
+                continue
+            offset, slack = known
+            s, e, margin = s - offset, e - offset, guard_ms + slack
+        w = claimer[0] if type(claimer) is tuple else claimer
+        if w != workload and s <= t - margin and t + margin <= e:
             return True
     return False
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from dataflow.config import LimitsConfig
+
 VERSION = 2
 READABLE_VERSIONS = (1, 2)  # v2 added port-range claims (`ports`, `local_ports`) and entitlements
 FLOW, HEARTBEAT, IP_EVENT, ENTITLEMENT, ATTRIBUTED, DEAD_LETTER = (
@@ -29,6 +31,7 @@ UNENTITLED = "unentitled"
 # Which kinds each input topic may carry.
 RAW, FORWARDED, IP_EVENTS, EXPORTERS = "raw", "forwarded", "ip_events", "exporters"
 KINDS_BY_ROLE = {RAW: (FLOW, HEARTBEAT), FORWARDED: (FLOW,), IP_EVENTS: (IP_EVENT,), EXPORTERS: (ENTITLEMENT,)}
+LIMITS = LimitsConfig()
 
 
 class BadRecord(ValueError):
@@ -60,15 +63,24 @@ class TimeBounds:
 
 @dataclass(slots=True)
 class DeadLetter:
+    """A record or message the job could not use. `original` is at most LimitsConfig.dead_letter_bytes
+    of it (`size` the whole length): the topic, partition, offset and index find the rest."""
+
     reason: str
     detail: str
     original: bytes
     origin: Origin
     index: int | None = None
+    size: int | None = None
+
+    @classmethod
+    def of(cls, reason: str, detail: str, original: bytes, origin: Origin, keep: int, index: int | None = None):
+        return cls(reason, detail[:DETAIL_CHARS], original[:keep], origin, index, len(original))
 
     def to_record(self) -> dict[str, Any]:
+        size = len(self.original) if self.size is None else self.size
         try:
-            text, b64 = self.original.decode("utf-8"), None
+            text, b64 = _utf8_prefix(self.original, size > len(self.original)), None
         except UnicodeDecodeError:
             text, b64 = None, base64.b64encode(self.original).decode("ascii")
         return {
@@ -78,6 +90,8 @@ class DeadLetter:
             "detail": self.detail,
             "original": text,
             "original_b64": b64,
+            "original_bytes": size,
+            "truncated": size > len(self.original),
             "topic": self.origin.topic,
             "partition": self.origin.partition,
             "offset": self.origin.offset,
@@ -85,33 +99,93 @@ class DeadLetter:
         }
 
 
+DETAIL_CHARS = 500  # a dead letter's detail can quote the input; keep it a line, not a copy
+
+
+def _utf8_prefix(data: bytes, cut: bool) -> str:
+    """The text of `data`; when it was cut short, a character split by the cut is dropped."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if cut and e.reason == "unexpected end of data":
+            return data[: e.start].decode("utf-8")
+        raise
+
+
 def decode_message(
-    value: bytes | None, origin: Origin, bounds: TimeBounds, canonical=None
+    value: bytes | None, origin: Origin, bounds: TimeBounds, canonical=None, limits: LimitsConfig = LIMITS
 ) -> tuple[list[dict[str, Any]], list[DeadLetter]]:
     """One message (a record or a batch of them) -> its valid records and a dead letter per bad one.
-    `canonical` stands in for canonical_ip (a caller may remember the addresses it has seen)."""
+    `canonical` stands in for canonical_ip (a caller may remember the addresses it has seen). The
+    limits are checked before anything else touches the content, so no input can be too big or too
+    deep for the steps after this one."""
     canonical = canonical or canonical_ip
+    keep = limits.dead_letter_bytes
     if not value:
-        return [], [DeadLetter("empty_message", "message has no value", value or b"", origin)]
+        return [], [DeadLetter.of("empty_message", "message has no value", value or b"", origin, keep)]
+    if len(value) > limits.message_bytes:
+        detail = f"message of {len(value)} bytes is over limits.message_bytes ({limits.message_bytes})"
+        return [], [DeadLetter.of("message_too_large", detail, value, origin, keep)]
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError as e:
-        return [], [DeadLetter("not_json", f"not JSON: {e}", value, origin)]
+        return [], [DeadLetter.of("not_json", f"not JSON: {e}", value, origin, keep)]
     if isinstance(parsed, dict):
         try:
+            check_size(parsed, limits)
             return [check_record(parsed, origin.role, bounds, canonical)], []
         except BadRecord as e:
-            return [], [DeadLetter(e.reason, e.detail, value, origin)]
+            return [], [DeadLetter.of(e.reason, e.detail, value, origin, keep)]
     if not isinstance(parsed, list):
         detail = f"expected an object or an array of objects, got {type(parsed).__name__}"
-        return [], [DeadLetter("not_object", detail, value, origin)]
+        return [], [DeadLetter.of("not_object", detail, value, origin, keep)]
+    if not parsed:
+        return [], [DeadLetter.of("empty_batch", "the batch holds no records", value, origin, keep)]
+    if len(parsed) > limits.records_per_message:
+        detail = f"{len(parsed)} records is over limits.records_per_message ({limits.records_per_message})"
+        return [], [DeadLetter.of("too_many_records", detail, value, origin, keep)]
     records, dead = [], []
     for index, element in enumerate(parsed):
         try:
+            check_size(element, limits)
+        except BadRecord as e:
+            # Too deep to encode again safely: the coordinates and the index find it in the input.
+            original = b"" if e.reason == "too_deep" else orjson.dumps(element)
+            dead.append(DeadLetter.of(e.reason, e.detail, original, origin, keep, index))
+            continue
+        try:
             records.append(check_record(element, origin.role, bounds, canonical))
         except BadRecord as e:
-            dead.append(DeadLetter(e.reason, e.detail, orjson.dumps(element), origin, index))
+            dead.append(DeadLetter.of(e.reason, e.detail, orjson.dumps(element), origin, keep, index))
     return records, dead
+
+
+def check_size(record: Any, limits: LimitsConfig) -> None:
+    """Raises BadRecord when a record nests deeper than limits.depth or holds a string (a field name
+    included) longer than limits.string_chars. Walks with a stack, not recursion: the input picks the depth."""
+    max_chars, max_depth = limits.string_chars, limits.depth
+    stack = [(record, 1)]
+    while stack:
+        value, depth = stack.pop()
+        t = type(value)
+        if t is dict:
+            if value and max(map(len, value)) > max_chars:
+                raise BadRecord("string_too_long", f"a field name is over limits.string_chars ({max_chars})")
+            value = value.values()
+        elif t is not list:
+            if t is str and len(value) > max_chars:
+                raise BadRecord("string_too_long", f"a string of {len(value)} characters is over limits.string_chars ({max_chars})")
+            continue
+        if depth > max_depth:
+            raise BadRecord("too_deep", f"nested deeper than limits.depth ({max_depth})")
+        depth += 1
+        for v in value:
+            t = type(v)
+            if t is str:
+                if len(v) > max_chars:
+                    raise BadRecord("string_too_long", f"a string of {len(v)} characters is over limits.string_chars ({max_chars})")
+            elif t is dict or t is list:
+                stack.append((v, depth))
 
 
 def check_record(record: Any, role: str, bounds: TimeBounds, canonical=None) -> dict[str, Any]:
@@ -179,7 +253,7 @@ def _check_flow(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, A
     return _check_flow_fields(r, bounds, canonical)
 
 
-_DIRECTIONS = frozenset(("outbound", "inbound"))
+_DIRECTIONS = ("outbound", "inbound")  # a tuple: a hostile list or dict compares, never hashes
 
 
 def _check_flow_fields(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, Any]:
@@ -337,6 +411,35 @@ def attributed(
 
 def encode_batch(records: list[dict[str, Any]]) -> bytes:
     return orjson.dumps(records)
+
+
+def encode_batches(
+    records: list[dict[str, Any]], max_bytes: int, max_records: int
+) -> tuple[list[bytes], list[tuple[dict[str, Any], bytes]]]:
+    """The records as message values of at most max_bytes and max_records each, in order; a record
+    too large for a message of its own comes back apart, encoded, for a dead letter."""
+    values, oversize = [], []
+    for i in range(0, len(records), max_records):
+        chunk = records[i : i + max_records]
+        value = orjson.dumps(chunk)
+        if len(value) <= max_bytes:
+            values.append(value)
+            continue
+        parts: list[bytes] = []
+        size = 2
+        for record in chunk:
+            part = orjson.dumps(record)
+            if len(part) + 2 > max_bytes:
+                oversize.append((record, part))
+                continue
+            if parts and size + len(part) + 1 > max_bytes:
+                values.append(b"[" + b",".join(parts) + b"]")
+                parts, size = [], 2
+            parts.append(part)
+            size += len(part) + 1
+        if parts:
+            values.append(b"[" + b",".join(parts) + b"]")
+    return values, oversize
 
 
 def iter_records(value: bytes):

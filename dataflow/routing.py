@@ -60,6 +60,21 @@ class Forward:
     flows: list[dict[str, Any]]
 
 
+class Routed:
+    """What one message brought: kept apart until the whole message is routed, so that a message that
+    fails half-way leaves nothing behind but its dead letter."""
+
+    __slots__ = ("works", "forwards", "answered", "dead", "counts", "arrival")
+
+    def __init__(self) -> None:
+        self.works: list[tuple[str, ShardWork]] = []
+        self.forwards: dict[str, list[dict[str, Any]]] = {}
+        self.answered: list[dict[str, Any]] = []
+        self.dead: list[DeadLetter] = []
+        self.counts: Counter[str] = Counter()
+        self.arrival: int | None = None
+
+
 class Tally:
     """Counts of what went in and where it went; shared by the worker threads of one process."""
 
@@ -114,6 +129,7 @@ class Router:
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.wall_s = wall_s or time.monotonic
         self.tally = tally
+        self.limits = config.limits
         self.entitlements = entitlements
         self.bound_ms = int(config.trust.clock_bound_s * 1000)
         self.arrival_check = ArrivalCheck(self.bound_ms)
@@ -156,6 +172,7 @@ class Router:
         dead: list[DeadLetter] = []
         counts: Counter[str] = Counter()
         progress = self.progress
+        keep = self.limits.dead_letter_bytes
         for message in messages:
             origin = message.origin
             part = (origin.role, origin.partition)
@@ -163,43 +180,24 @@ class Router:
                 if message.caught_up_ms > progress.get(part, -1):
                     progress[part] = message.caught_up_ms
                 continue
-            if message.error is None:
-                records, bad = decode_message(message.value, origin, bounds, self.canonical)
-            else:
-                records, bad = [], [DeadLetter("kafka_error", message.error, message.value or b"", origin)]
-            arrival = message.arrival_ms
-            if arrival is None:
-                # A recording without arrival times: the latest time its records name stands in, which
-                # the hosts can move; recordings made by `flowattr simulate` or from Kafka carry them.
-                arrival = max([self.floor.get(part, 0), *(_event_ms(r) for r in records)])
-                self.floor[part] = arrival
-            role = origin.role
-            counts[f"in.{role}"] += len(records) + len(bad)
-            works: dict[int, ShardWork] = {}
-            order = (ROLE_RANK[role], origin.partition, origin.offset)
-            if role == RAW and records:
-                records = self._weigh(records, message, arrival, bad, answered, counts)
-            for letter in bad:
-                counts[f"dead.{letter.reason}"] += 1
-            dead.extend(bad)
-            for record in records:
-                kind = record["kind"]
-                if kind == FLOW and record.get("open"):
-                    # An interim report of a connection still open: ownership only, answered when it closes.
-                    self._claim(record, works, arrival, order, heartbeat=True)
-                    counts["absorbed.open_flow"] += 1
-                elif kind == FLOW:
-                    self._route_flow(record, role, works, arrival, order, forwards, answered)
-                elif kind == HEARTBEAT:
-                    self._claim(record, works, arrival, order, heartbeat=True)
-                    counts["absorbed.heartbeat"] += 1
-                else:
-                    owner = record["owner"] if record["action"] == "assigned" else None
-                    self._work(works, record["ip"], arrival, order).items.append(
-                        Assignment(record["ip"], owner, record["time_ms"])
-                    )
-                    counts["absorbed.ip_event"] += 1
-            out.extend((self.shard_keys[i], work) for i, work in works.items())
+            routed = Routed()
+            try:
+                self._route_message(message, bounds, routed)
+            except Exception as e:  # noqa: BLE001 - a surprise in one message must not stop the job
+                # Whatever the message had started to produce is dropped with it: it is in the dead
+                # letters once, whole, with the exception, and the job goes on with the next one.
+                detail = f"{type(e).__name__}: {e}"
+                routed = Routed()
+                routed.dead.append(DeadLetter.of("internal_error", detail, message.value or b"", origin, keep))
+                routed.counts[f"in.{origin.role}"] += 1
+                routed.counts["dead.internal_error"] += 1
+            out.extend(routed.works)
+            for region, flows in routed.forwards.items():
+                forwards.setdefault(region, []).extend(flows)
+            answered.extend(routed.answered)
+            dead.extend(routed.dead)
+            counts.update(routed.counts)
+            arrival = routed.arrival if routed.arrival is not None else progress.get(part, 0) + 1
             if arrival - 1 > progress.get(part, -1):
                 progress[part] = arrival - 1  # another message may yet share this millisecond
         for region, flows in forwards.items():
@@ -211,6 +209,51 @@ class Router:
         self._tell_progress(out)
         self.tally.add(counts)
         return out
+
+    def _route_message(self, message: Message, bounds: TimeBounds, routed: Routed) -> None:
+        """One message's records to their places, in `routed`; raises on anything unexpected."""
+        origin = message.origin
+        part = (origin.role, origin.partition)
+        counts, forwards, answered, bad = routed.counts, routed.forwards, routed.answered, routed.dead
+        if message.error is None:
+            records, decoded_bad = decode_message(message.value, origin, bounds, self.canonical, self.limits)
+        else:
+            keep = self.limits.dead_letter_bytes
+            records, decoded_bad = [], [DeadLetter.of("kafka_error", message.error, message.value or b"", origin, keep)]
+        bad.extend(decoded_bad)
+        arrival = message.arrival_ms
+        if arrival is None:
+            # A recording without arrival times: the latest time its records name stands in, which
+            # the hosts can move; recordings made by `flowattr simulate` or from Kafka carry them.
+            arrival = max([self.floor.get(part, 0), *(_event_ms(r) for r in records)])
+            self.floor[part] = arrival
+        routed.arrival = arrival
+        role = origin.role
+        counts[f"in.{role}"] += len(records) + len(bad)
+        works: dict[int, ShardWork] = {}
+        order = (ROLE_RANK[role], origin.partition, origin.offset)
+        if role == RAW and records:
+            records = self._weigh(records, message, arrival, bad, answered, counts)
+        for letter in bad:
+            counts[f"dead.{letter.reason}"] += 1
+        for record in records:
+            kind = record["kind"]
+            if kind == FLOW and record.get("open"):
+                # An interim report of a connection still open: ownership only, answered when it closes.
+                self._claim(record, works, arrival, order, heartbeat=True)
+                counts["absorbed.open_flow"] += 1
+            elif kind == FLOW:
+                self._route_flow(record, role, works, arrival, order, forwards, answered)
+            elif kind == HEARTBEAT:
+                self._claim(record, works, arrival, order, heartbeat=True)
+                counts["absorbed.heartbeat"] += 1
+            else:
+                owner = record["owner"] if record["action"] == "assigned" else None
+                self._work(works, record["ip"], arrival, order).items.append(
+                    Assignment(record["ip"], owner, record["time_ms"])
+                )
+                counts["absorbed.ip_event"] += 1
+        routed.works = [(self.shard_keys[i], work) for i, work in works.items()]
 
     def _tell_progress(self, out: list[tuple[str, Any]]) -> None:
         """Every shard hears how far this worker has read, after this batch's work for it."""
@@ -234,7 +277,8 @@ class Router:
                     kept.append(record)
                 else:
                     detail = f"exporter {record['exporter']!r} came under message key {claimed!r}"
-                    bad.append(DeadLetter("exporter_key_mismatch", detail, message.value or b"", message.origin))
+                    keep = self.limits.dead_letter_bytes
+                    bad.append(DeadLetter.of("exporter_key_mismatch", detail, orjson.dumps(record), message.origin, keep))
             records = kept
             if not records:
                 return records

@@ -36,6 +36,11 @@ def run(config: Config, out: str | None, stop: threading.Event) -> None:
         shipper = KafkaShipper(
             config.kafka, reporter.exporter, settings.buffer_max_records, settings.batch_records
         )
+        # Said once and at once; then capture goes on, buffering (bounded, counted) until Kafka answers:
+        # an exporter that exits would lose the connections it sees meanwhile.
+        why = shipper.unreachable(config.kafka.timeout_s)
+        if why:
+            _log(f"{why}; buffering up to {settings.buffer_max_records} records until it answers")
     flows_total = heartbeats_total = 0
     try:
         metrics = ExporterMetrics(config, shipper)  # /metrics, /healthz, /readyz when metrics.port is set

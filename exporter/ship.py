@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 
 import orjson
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from dataflow.config import KafkaConfig
 from dataflow.kafka_client import client_settings
@@ -48,6 +48,15 @@ class KafkaShipper:
         }
         self._producer = Producer(client_settings(kafka, **settings))
         self._last_error = ""
+        self._brokers = kafka.brokers
+
+    def unreachable(self, timeout_s: float) -> str | None:
+        """Why Kafka does not answer within timeout_s, or None when it does."""
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except KafkaException as e:
+            return f"cannot reach Kafka at {self._brokers} within {timeout_s:g} s (kafka.timeout_s): {e.args[0].str()}"
+        return None
 
     def ship(self, records: list[dict]) -> None:
         for batch in batches(records, self._batch_records):

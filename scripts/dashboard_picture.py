@@ -73,7 +73,7 @@ def record(path: Path, minutes: float) -> None:
                                           mean_delay_s=1.0, late_delay_s=15.0))
         producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
         lab = {"v": 2, "kind": "entitlement", "exporter": NODE, "cidrs": ["10.234.0.0/24"]}
-        for e in [*sim.entitlements(fleet), lab]:
+        for e in [*(orjson.loads(m.value) for m in fleet.entitlement_messages), lab]:
             producer.produce(config.kafka.exporters_topic, orjson.dumps(e), e["exporter"].encode())
         producer.flush(30)
 
@@ -94,9 +94,9 @@ def record(path: Path, minutes: float) -> None:
 
         sources = {"job": job_port, "exporter": exporter_port}
         messages = sorted(
-            [(t, config.kafka.raw_topic, v, sim.message_key(v)) for t, v in fleet.flow_messages]
-            + [(t, config.forward_topic(sim.HOME), v, None) for t, v in fleet.forwarded_messages]
-            + [(t, config.kafka.ip_events_topic, v, None) for t, v in fleet.ip_event_messages]
+            [(m.arrival_ms, config.kafka.raw_topic, m.value, m.key) for m in fleet.flow_messages]
+            + [(m.arrival_ms, config.forward_topic(sim.HOME), m.value, None) for m in fleet.forwarded_messages]
+            + [(m.arrival_ms, config.kafka.ip_events_topic, m.value, None) for m in fleet.ip_event_messages]
             + [(start_ms + 60_000 * i + 5_000, config.kafka.raw_topic, b"not json", b"lab") for i in range(int(minutes))]
         )
         end = time.time() + minutes * 60 + 60

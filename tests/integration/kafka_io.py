@@ -179,19 +179,16 @@ def read_records(bootstrap: str, topics: list[str], until, timeout_s: float = 18
     return records
 
 
-def produce_fleet(bootstrap: str, topic: str, messages: list[tuple[int, bytes]]) -> None:
-    """A simulated fleet's messages, each under its exporter's key, as exporters send them."""
-    from dataflow.simulate import message_key
-
-    produce(bootstrap, topic, [v for _, v in messages], keys=[message_key(v) for _, v in messages])
+def produce_fleet(bootstrap: str, topic: str, messages: list) -> None:
+    """A simulated fleet's messages (simulate.Delivery: arrival, key, value) in arrival order, each under
+    its key (a raw message: its exporter's id), as they were sent."""
+    messages = sorted(messages, key=lambda m: m.arrival_ms)
+    produce(bootstrap, topic, [m.value for m in messages], keys=[m.key for m in messages])
 
 
 def publish_entitlements(bootstrap: str, topic: str, fleet) -> None:
     """What a trusted platform component publishes: each exporter's addresses, keyed by its id."""
-    from dataflow.simulate import entitlements
-
-    records = entitlements(fleet)
-    produce(bootstrap, topic, [orjson.dumps(r) for r in records], keys=[r["exporter"].encode() for r in records])
+    produce_fleet(bootstrap, topic, fleet.entitlement_messages)
 
 
 def record_topics(bootstrap: str, config, folder: Path) -> Path:

@@ -44,9 +44,9 @@ def produce_paced(bootstrap: str, config, fleet) -> None:
     """Every message at its arrival time on the wall clock (those due before now at once), as a fleet's
     exporters, the platform's events and the other region's job would send them."""
     k = config.kafka
-    messages = [(a, k.raw_topic, sim.message_key(v), v) for a, v in fleet.flow_messages]
-    messages += [(a, k.ip_events_topic, None, v) for a, v in fleet.ip_event_messages]
-    messages += [(a, config.forward_topic(sim.HOME), None, v) for a, v in fleet.forwarded_messages]
+    messages = [(m.arrival_ms, k.raw_topic, m.key, m.value) for m in fleet.flow_messages]
+    messages += [(m.arrival_ms, k.ip_events_topic, None, m.value) for m in fleet.ip_event_messages]
+    messages += [(m.arrival_ms, config.forward_topic(sim.HOME), None, m.value) for m in fleet.forwarded_messages]
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
     for arrival, topic, key, value in sorted(messages, key=lambda m: m[0]):
         wait = arrival / 1000 - time.time()
@@ -99,9 +99,9 @@ def test_a_replay_of_the_topics_answers_every_flow_as_the_live_run_did(kafka_boo
                                       connections_per_instance_s=0.8))
     publish_entitlements(kafka_bootstrap, config.kafka.exporters_topic, fleet)
     away = ("10.1.", "fd00:0:1:")  # flows to the other region are forwarded there, not answered here
-    expected = sum(1 for _, v in fleet.flow_messages for r in orjson.loads(v)
+    expected = sum(1 for m in fleet.flow_messages for r in orjson.loads(m.value)
                    if r["kind"] == "flow" and not r["remote_ip"].startswith(away))
-    expected += sum(len(orjson.loads(v)) for _, v in fleet.forwarded_messages)
+    expected += sum(len(orjson.loads(m.value)) for m in fleet.forwarded_messages)
 
     jobs = start_job(live_config)
     try:

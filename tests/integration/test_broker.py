@@ -133,3 +133,35 @@ def test_library_broker_context_cleans_up():
     assert _gone(pid)
     assert not data_dir.exists()
     assert b.pid is None
+
+
+def test_a_killed_broker_restarts_on_its_data_and_a_cli_broker_after_down_keep_data(tmp_path):
+    broker = Broker()
+    try:
+        broker.start()
+        produce(broker.bootstrap, "kept", [b"before the crash"])
+        broker.kill()
+        assert broker.exit_code == -9 and broker.data_dir.is_dir()
+        broker.start()
+        produce(broker.bootstrap, "kept", [b"after the restart"])
+        assert [r.value for r in consume_all(broker.bootstrap, "kept", n=2)] == [
+            b"before the crash", b"after the restart"]
+    finally:
+        broker.stop()
+    assert broker.data_dir is None
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    up = _cli("up", "--port", port, state_dir=tmp_path)
+    try:
+        assert up.returncode == 0, up.stderr
+        produce(up.stdout.strip(), "kept", [b"first run"])
+        down = _cli("down", "--keep-data", state_dir=tmp_path)
+        assert down.returncode == 0 and "restarts on it" in down.stderr
+        again = _cli("up", "--port", port, state_dir=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert [r.value for r in consume_all(again.stdout.strip(), "kept", n=1)] == [b"first run"]
+    finally:
+        _cli("down", state_dir=tmp_path)
+    assert not (tmp_path / "kafka.json").exists()

@@ -62,12 +62,12 @@ def load(bootstrap, config_path, fleet, side_topics=True, raw=True):
     k = config.kafka
     publish_entitlements(bootstrap, k.exporters_topic, fleet)
     if side_topics:
-        produce(bootstrap, k.ip_events_topic, [v for _, v in fleet.ip_event_messages])
-        produce(bootstrap, config.forward_topic(sim.HOME), [v for _, v in fleet.forwarded_messages])
+        produce(bootstrap, k.ip_events_topic, [m.value for m in fleet.ip_event_messages])
+        produce(bootstrap, config.forward_topic(sim.HOME), [m.value for m in fleet.forwarded_messages])
     if raw:
         produce_raw(bootstrap, config, fleet)
-    flows = sum(1 for _, v in fleet.flow_messages for r in orjson.loads(v) if r["kind"] == "flow")
-    forwarded_in = sum(len(orjson.loads(v)) for _, v in fleet.forwarded_messages) if side_topics else 0
+    flows = sum(1 for m in fleet.flow_messages for r in orjson.loads(m.value) if r["kind"] == "flow")
+    forwarded_in = sum(len(orjson.loads(m.value)) for m in fleet.forwarded_messages) if side_topics else 0
     return config, flows + forwarded_in
 
 
@@ -97,7 +97,7 @@ def test_raw_topic_through_the_job_to_its_output_topics(kafka_bootstrap, tmp_pat
     k = config.kafka
     topics = [k.attributed_topic, config.forward_topic(sim.AWAY), k.dlq_topic]
     try:
-        side = f"in.forwarded={sum(len(orjson.loads(v)) for _, v in fleet.forwarded_messages)} in.ip_events=5"
+        side = f"in.forwarded={sum(len(orjson.loads(m.value)) for m in fleet.forwarded_messages)} in.ip_events=5"
         deadline = time.monotonic() + 120
         while not any(side in line for line in lines) and time.monotonic() < deadline and job.poll() is None:
             time.sleep(0.2)
@@ -149,7 +149,7 @@ def test_two_processes_of_two_workers_on_kafka_answer_as_one_worker_on_the_recor
         for i in range(2)
     ]
     try:
-        forwarded_n = sum(1 for _, v in fleet.flow_messages for r in orjson.loads(v)
+        forwarded_n = sum(1 for m in fleet.flow_messages for r in orjson.loads(m.value)
                           if r["kind"] == "flow" and r["remote_ip"].startswith(("10.1.", "fd00:0:1:")))
         attributed = read_records(kafka_bootstrap, [config.kafka.attributed_topic],
                                      until=lambda r: len(r[config.kafka.attributed_topic]) >= flows_in - forwarded_n)
@@ -212,9 +212,9 @@ def test_a_job_stopped_and_restarted_with_recovery_answers_every_flow(kafka_boot
             job.wait(timeout=60)
 
     produce_fleet(kafka_bootstrap, k.raw_topic, fleet.flow_messages[:half])
-    first_half = sum(1 for _, v in fleet.flow_messages[:half] for r in orjson.loads(v) if r["kind"] == "flow")
+    first_half = sum(1 for m in fleet.flow_messages[:half] for r in orjson.loads(m.value) if r["kind"] == "flow")
     forwarded = lambda messages: sum(  # noqa: E731
-        1 for _, v in messages for r in orjson.loads(v)
+        1 for m in messages for r in orjson.loads(m.value)
         if r["kind"] == "flow" and r["remote_ip"].startswith(("10.1.", "fd00:0:1:")))
     # Most of the first half: the rest waits in the shards' state for evidence from the second half.
     run_until(int(0.8 * (first_half - forwarded(fleet.flow_messages[:half]))))

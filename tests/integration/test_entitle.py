@@ -61,3 +61,25 @@ def test_sync_nodes_follows_the_clusters_nodes(config, tmp_path):
         "node-gone": None,
     }
     assert set(published(config)) == {"node-a"}
+
+
+def test_the_command_sets_lists_and_removes(config):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWATTR_")}
+    env.update(PYTHONPATH=str(root), FLOWATTR_KAFKA__EXPORTERS_TOPIC=config.kafka.exporters_topic)
+
+    def entitle(*args):
+        return subprocess.run([sys.executable, "-m", "dataflow.cli", "entitle", "--brokers", config.kafka.brokers, *args],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=60)
+
+    assert entitle("set", "node-c", "10.244.3.7/24").stdout == "flowattr entitle: node-c may claim 10.244.3.0/24\n"
+    assert entitle("list").stdout == "node-c\t10.244.3.0/24\n"
+    assert entitle("remove", "node-c").returncode == 0
+    assert entitle("list").stdout == ""
+    bad = entitle("set", "node-c", "10.244.3.0/33")
+    assert bad.returncode == 2 and bad.stderr.strip() == "flowattr: '10.244.3.0/33' is not a CIDR"

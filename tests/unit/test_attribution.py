@@ -221,22 +221,46 @@ def test_answers_do_not_depend_on_how_far_ahead_each_partition_was_read():
 
 
 def test_an_exporter_whose_clock_runs_seconds_behind_is_corrected_by_its_peers():
-    # "slow" reports every connection 5 s early; its peers keep time. The reuse boundary of 10.0.0.9:
-    # "old" held it until T0, "slow"'s workload from T0 + 500 on (its clock says T0 - 4_500).
+    # "slow" stamps everything 5 s early; its peers g0..g4, "old-host" and k1..k3 keep time. The reuse
+    # boundary of 10.0.0.9: "old" held it until T0, slow's workload from T0 + 500 on (its clock: T0 - 4_500).
     s = shard()
-    for i in range(5):  # connections to slow's other address, seen by both ends
-        key = ("10.0.0.8", 443, "10.0.0.1", 30000 + i)
-        t = T0 - 3 * MIN + i * 1_000
-        feed(s, work(t + 10, Connection(key, t - 5_000, "svc", "slow")),
-             work(t + 20, Lookup({**flow(remote_ip="10.0.0.8", start=t, local_port=30000 + i), "flow_id": f"p{i}"})))
+    n = 0
+
+    def connection(looker, reporter, server_ip, t, skew):
+        nonlocal n
+        n += 1
+        key = (server_ip, 443, "10.0.0.1", 30000 + n)
+        looked = {**flow(remote_ip=server_ip, start=t, local_port=30000 + n, exporter=looker), "flow_id": f"p{n}"}
+        feed(s, work(t + 10, Connection(key, t + skew, "svc", reporter), offset=n), work(t + 20, Lookup(looked), offset=n))
+
+    for i in range(5):
+        t = T0 - 5 * MIN + i * 10_000
+        connection(f"g{i}", "slow", "10.0.0.8", t, -5_000)
+        for k, reporter in enumerate(("old-host", "k1", "k2", "k3"), start=1):
+            connection(f"g{i}", reporter, f"10.0.0.{k + 1}", t + k * 1_000, 0)
     feed(s, at(T0 - MIN))
-    assert s.peers.offset("slow") == -5_000
+    assert (s.peers.clock("slow"), s.peers.clock("old-host"), s.peers.clock("g0")) == ((-5_000, 0), (0, 0), (0, 0))
     feed(s, work(T0 - MIN + 1, claim("10.0.0.9", "old", T0 - 10 * MIN, T0, exporter="old-host"),
                  claim("10.0.0.9", "svc", T0 - 4_500, T0 + MIN, exporter="slow")))
     # A flow that started at T0 - 2 s: "old" still owned the address; uncorrected, "svc"'s range holds it.
-    answers = feed(s, work(T0, Lookup(flow(start=T0 - 2_000, local_port=41000))), at(T0 + 2 * MIN))
+    answers = feed(s, work(T0, Lookup(flow(start=T0 - 2_000, local_port=41000, exporter="g0"))), at(T0 + 2 * MIN))
     [answer] = [a for a in answers if a["remote_ip"] == "10.0.0.9"]
     assert answer["remote_workload"] == "old"
+
+
+def test_an_exporter_whose_clock_is_not_known_yet_gets_as_much_room_as_the_worst_known_one():
+    s = shard()
+    for i in range(5):  # "slow" is known to run 5 s early; "new-host" has never been seen in a pair
+        key = ("10.0.0.8", 443, "10.0.0.1", 30000 + i)
+        t = T0 - 5 * MIN + i * 10_000
+        looked = {**flow(remote_ip="10.0.0.8", start=t, local_port=30000 + i, exporter=f"g{i}"), "flow_id": f"p{i}"}
+        feed(s, work(t + 10, Connection(key, t - 5_000, "svc", "slow")), work(t + 20, Lookup(looked)))
+    feed(s, work(T0 - MIN, claim("10.0.0.9", "old", T0 - 10 * MIN, T0, exporter="old-host"),
+                 claim("10.0.0.9", "new", T0 + 3_000, T0 + MIN, exporter="new-host")))
+    # 3 s past the reuse boundary, on clocks that may be 5 s apart: which owner it was cannot be told.
+    answers = feed(s, work(T0, Lookup(flow(start=T0 + 6_000, exporter="g0"))), at(T0 + 6 * MIN))
+    [answer] = [a for a in answers if a["remote_ip"] == "10.0.0.9"]
+    assert answer["outcome"] == "unattributed"
 
 
 def test_end_of_input_answers_every_pending_lookup():
@@ -246,3 +270,13 @@ def test_end_of_input_answers_every_pending_lookup():
     answers = {a["remote_ip"]: a for a in s.finish()}
     assert answers["10.0.0.9"]["remote_workload"] == "web"
     assert answers["10.0.0.10"]["reason"] == "no_owner"
+
+
+def test_an_assignment_that_changed_within_the_guard_of_the_start_is_a_conflict():
+    s = shard(event_settle_s=120)
+    feed(s, work(T0 - 10 * MIN, Assignment("10.0.255.1", None, T0 - 10 * MIN), Assignment("10.0.255.1", "lb/new", T0 + 500)))
+    answers = {a["start_ms"]: a for a in feed(s, work(T0, Lookup(flow(remote_ip="10.0.255.1")),
+                                                       Lookup(flow(remote_ip="10.0.255.1", start=T0 + 3_000))),
+                                               at(T0 + 6 * MIN))}
+    assert (answers[T0]["outcome"], answers[T0]["reason"]) == ("unattributed", "conflict")
+    assert answers[T0 + 3_000]["remote_workload"] == "lb/new"

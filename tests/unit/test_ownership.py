@@ -41,8 +41,28 @@ def test_overlapping_claims_are_a_conflict():
 def test_another_owner_within_the_skew_guard_is_a_conflict():
     spans = spans_of(("a", 0, 10_000), ("b", 10_400, 20_000))
     assert owner_at(spans, 9_900, guard_ms=1000) is CONFLICT
-    assert owner_at(spans, 9_900, guard_ms=300) == "a"
+    assert owner_at(spans, 9_500, guard_ms=300) == "a"
     assert owner_at(spans, 15_000, guard_ms=1000) == "b"
+
+
+def test_within_the_guard_of_an_edge_the_address_may_have_been_nobodys():
+    # A peer that calls an address just before its new owner took it (or just after the old one left):
+    # on skewed clocks the call may fall outside the range, when the address was nobody's.
+    spans = spans_of(("a", 10_000, 20_000))
+    assert owner_at(spans, 10_500, guard_ms=1000) is None
+    assert owner_at(spans, 19_500, guard_ms=1000) is None
+    assert owner_at(spans, 11_000, guard_ms=1000) == "a"
+
+
+def test_ranges_are_read_on_their_claimers_corrected_clocks():
+    spans = spans_of((("a", "slow-host"), 0, 10_000), (("b", "good-host"), 12_000, 20_000))
+    clocks = {"slow-host": (-3_000, 0), "good-host": (0, 0)}  # slow-host's times are 3 s early
+    assert owner_at(spans, 12_500, 1000, clocks.get, reach_ms=5_000) is CONFLICT  # a held it until 13 000
+    assert owner_at(spans, 11_000, 1000, clocks.get, reach_ms=5_000) is CONFLICT
+    assert owner_at(spans, 5_000, 1000, clocks.get, reach_ms=5_000) == "a"
+    untrusted = {"slow-host": None, "good-host": (0, 0)}  # a clock not to be believed: its ranges are left out
+    assert owner_at(spans, 5_000, 1000, untrusted.get, reach_ms=5_000) is None
+    assert owner_at(spans, 15_000, 1000, untrusted.get, reach_ms=5_000) == "b"
 
 
 def test_the_bound_per_address_drops_the_earliest_ranges():

@@ -1,7 +1,11 @@
+import json
 import orjson
 import pytest
 
-from dataflow.records import FORWARDED, IP_EVENTS, RAW, BadRecord, Origin, TimeBounds, canonical_ip, decode_message
+from dataflow.config import LimitsConfig
+from dataflow.records import (
+    FORWARDED, IP_EVENTS, RAW, BadRecord, Origin, TimeBounds, canonical_ip, decode_message, encode_batches,
+)
 
 NOW = 1_780_000_000_000
 BOUNDS = TimeBounds(NOW - 7 * 86_400_000, NOW + 3_600_000)
@@ -117,6 +121,92 @@ def test_addresses_are_keyed_by_one_canonical_form():
     with pytest.raises(BadRecord) as e:
         canonical_ip("example.com")
     assert e.value.reason == "bad_ip"
+
+
+# Limits: no input is too big or too deep for the job; over a limit is a dead letter with its reason.
+SMALL = LimitsConfig(message_bytes=4096, records_per_message=3, depth=4, string_chars=64, dead_letter_bytes=100)
+
+
+def decode(value, limits=SMALL):
+    return decode_message(value, RAW_ORIGIN, BOUNDS, limits=limits)
+
+
+@pytest.mark.parametrize("v", [True, 1.0, "1", None])
+def test_the_version_must_be_an_integer(v):
+    assert reason_for(flow(v=v)) == "bad_version"
+
+
+def test_an_empty_batch_is_counted_as_a_dead_letter():
+    records, [letter] = decode(b"[]")
+    assert records == [] and letter.reason == "empty_batch"
+
+
+def test_an_oversize_message_keeps_a_bounded_prefix_and_its_coordinates():
+    value = orjson.dumps([flow(flow_id=f"h:{i}", comm="x" * 60) for i in range(30)])
+    assert len(value) > SMALL.message_bytes
+    records, [letter] = decode(value)
+    record = letter.to_record()
+    assert records == [] and record["reason"] == "message_too_large"
+    assert record["original"] == value[:100].decode() and record["truncated"] is True
+    assert record["original_bytes"] == len(value)
+    assert (record["topic"], record["partition"], record["offset"]) == ("flows.raw", 3, 42)
+
+
+def test_a_prefix_cut_inside_a_character_stays_text():
+    value = b'"' + "\u00e9".encode() * 80 + b'"'
+    letter = decode(value, LimitsConfig(dead_letter_bytes=6))[1][0]
+    assert letter.reason == "not_object" and letter.to_record()["original"] == '"\u00e9\u00e9'
+
+
+def test_too_many_records_in_one_message():
+    records, [letter] = decode(orjson.dumps([flow(flow_id=f"h:{i}") for i in range(4)]))
+    assert records == [] and letter.reason == "too_many_records"
+
+
+def test_nesting_is_checked_before_anything_encodes_the_element_again():
+    # 256 deep is more than orjson can encode: the dead letter must not try.
+    deep = b"[" * 256 + b"]" * 256
+    records, [letter] = decode(deep, LimitsConfig())
+    assert letter.reason == "too_deep" and letter.index == 0 and letter.original == b""
+    assert orjson.loads(orjson.dumps(letter.to_record()))["reason"] == "too_deep"
+    nested = {"a": 1}
+    for _ in range(300):
+        nested = {"a": nested}
+    records, [letter] = decode(json.dumps(flow(extra=nested)).encode(), LimitsConfig())
+    assert records == [] and letter.reason == "too_deep"
+
+
+def test_a_batch_dead_letters_only_its_oversize_elements():
+    batch = [flow(flow_id="h:1"), flow(flow_id="h:2", comm="c" * 65), flow(flow_id="h:3", x={"y": [[[1]]]})]
+    records, dead = decode(orjson.dumps(batch))
+    assert [r["flow_id"] for r in records] == ["h:1"]
+    assert [(d.reason, d.index) for d in dead] == [("string_too_long", 1), ("too_deep", 2)]
+    assert all(len(d.original) <= SMALL.dead_letter_bytes for d in dead)
+
+
+def test_long_field_names_are_strings_too():
+    assert decode(orjson.dumps(flow(**{"k" * 65: 1})))[1][0].reason == "string_too_long"
+
+
+def test_the_limits_accept_what_the_exporter_writes():
+    batch = [flow(flow_id=f"h:{i}", comm="nginx", pid=7, ports=[1, 2]) for i in range(2000)]
+    records, dead = decode_message(orjson.dumps(batch), RAW_ORIGIN, BOUNDS, limits=LimitsConfig())
+    assert dead == [] and len(records) == 2000
+
+
+def test_output_batches_fit_the_message_limit_and_keep_every_record_in_order():
+    answers = [flow(flow_id=f"h:{i}", comm="c" * (i % 7 * 100)) for i in range(300)]
+    values, oversize = encode_batches(answers, 5000, 50)
+    assert oversize == [] and all(len(v) <= 5000 for v in values)
+    assert [r for v in values for r in orjson.loads(v)] == answers
+    assert max(len(orjson.loads(v)) for v in values) <= 50
+
+
+def test_an_answer_too_large_for_any_message_comes_back_apart():
+    answers = [flow(flow_id="h:1"), flow(flow_id="h:2", comm="c" * 6000), flow(flow_id="h:3")]
+    values, oversize = encode_batches(answers, 5000, 500)
+    assert [r["flow_id"] for v in values for r in orjson.loads(v)] == ["h:1", "h:3"]
+    assert [(r["flow_id"], orjson.loads(part)) for r, part in oversize] == [("h:2", answers[1])]
 
 
 def test_a_shared_address_claim_keeps_its_port_range():

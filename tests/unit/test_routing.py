@@ -183,3 +183,23 @@ def test_region_trie_longest_prefix_and_external():
         RegionMap({"a": ["10.0.0.0/33"]})
     with pytest.raises(ConfigError, match="host bits"):
         RegionMap({"a": ["10.0.0.1/8"]})
+
+
+def test_a_surprise_in_one_message_dead_letters_that_message_whole_and_the_rest_go_on(monkeypatch):
+    r, tally = router()
+    real = r._route_flow
+
+    def breaks_on_one(record, *args):
+        real(record, *args)  # it had started: its claim and lookup must not leak out
+        if record["flow_id"] == "h:10.0.0.66":
+            raise KeyError("a field nobody expected")
+
+    monkeypatch.setattr(r, "_route_flow", breaks_on_one)
+    poisoned = message([flow("10.0.0.5"), flow("10.0.0.66")], offset=1)
+    out = r.route([message(flow("10.0.0.2"), offset=0), poisoned, message(flow("10.0.0.3"), offset=2)])
+    assert sorted(i.flow["flow_id"] for i in items(out, Lookup)) == ["h:10.0.0.2", "h:10.0.0.3"]
+    [letter] = [w for t, w in out if t == "dead"]
+    assert letter.reason == "internal_error" and letter.detail == "KeyError: 'a field nobody expected'"
+    assert letter.original == poisoned.value and letter.origin.offset == 1
+    counts = tally.snapshot()
+    assert counts["in.raw"] == 3 and counts["dead.internal_error"] == 1

@@ -1,0 +1,51 @@
+"""Bytewax's multi-process cluster as the scale-out path: the same fleet through 1, 2 and 4 `flowattr
+run` processes forming one cluster on this machine. With two cores shared by the broker, the bench and
+the job, the ratios say whether the cluster's exchange of work between processes costs or pays, not
+what more cores would give. Figures: out/bench/scale_out.json."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench import fleet
+from bench.harness import guarded
+from bench.throughput import end_to_end
+
+PROCESSES = (1, 2, 4)
+
+
+def run(records: fleet.Records, workdir: Path, bootstrap: str) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for n in PROCESSES:
+        guarded(f"kafka, {n} process(es)", lambda n=n: end_to_end(bootstrap, records, workdir, n, 400), figures)
+    return figures
+
+
+def render(record: dict[str, Any]) -> str:
+    figures = record["figures"]
+    base = figures.get("kafka, 1 process(es)", {})
+    rows = ["| processes | complete | wall s | flows/s | CPU s (all processes) | flows per CPU second | wall vs 1 process "
+            "| CPU per flow vs 1 process |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for n in PROCESSES:
+        x = figures.get(f"kafka, {n} process(es)", {})
+        if "wall_s" not in x:
+            rows.append(f"| {n} | {x.get('error', 'not measured')} | | | | | | |")
+            continue
+        wall = f"{base['wall_s'] / x['wall_s']:.2f}x" if base.get("wall_s") else "-"
+        cpu = (f"{(x['cpu_s'] / x['flows']) / (base['cpu_s'] / base['flows']):.2f}x"
+               if base.get("cpu_s") and x["flows"] else "-")
+        rows.append(f"| {n} | {'yes' if x['complete'] else 'no'} | {x['wall_s']:.1f} | {x['flows'] / x['wall_s']:,.0f} "
+                    f"| {x['cpu_s']:.1f} | {x['flows'] / max(x['cpu_s'], 1e-9):,.0f} | {wall} | {cpu} |")
+    return "\n".join([
+        "## Scale out: 1, 2 and 4 processes", "",
+        "The same pre-loaded fleet through N `flowattr run` processes forming one Bytewax cluster",
+        "(`FLOWATTR_CLUSTER__ADDRESSES`, `FLOWATTR_CLUSTER__PROCESS_ID`), one worker each, on this machine's cores,",
+        "shared with the broker and the bench. *wall vs 1 process* above 1 is faster; *CPU per flow vs 1",
+        "process* above 1 is the cluster's overhead (routing work between processes, one more runtime each).", "",
+        *rows, ""])
+
+
+if __name__ == "__main__":
+    sys.exit("run through `python -m bench.run` (it loads the topics once for every benchmark)")

@@ -1,0 +1,200 @@
+"""A sustained run at the default delay (60 s) and max wait (300 s): a paced producer sends a fleet's
+batches at a fixed rate for several minutes, one `flowattr run` process answers them, and the job's RSS
+is sampled over time and drawn (docs/images/sustained-rss.png). Once the delay and the reports'
+retention are full, RSS must stay flat; its height over the number of pending lookups is the memory
+one waiting flow costs, its reports included. Figures: out/bench/sustained.json."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.harness import REPO, cpu_seconds, new_consumer, rss_bytes, save, start_jobs, stop_jobs
+from dataflow.config import AttributionConfig, load_config
+
+PICTURE = REPO / "docs" / "images" / "sustained-rss.png"
+HOSTS = 200
+WORKLOADS = 40
+SAMPLE_S = 5.0
+
+
+def host_ip(i: int) -> str:
+    return f"10.0.{i // 250}.{i % 250 + 1}"
+
+
+def second_of_traffic(rng: random.Random, now_ms: int, flows: int, serial: int) -> dict[int, list[dict]]:
+    """flows/2 connections between random hosts that started in the last second, both halves, with
+    each host's heartbeat; per host, the batch it sends now."""
+    batches: dict[int, list[dict]] = {h: [{"v": 2, "kind": "heartbeat", "exporter": f"h{h}", "region": "us-east",
+                                            "ip": host_ip(h), "workload": f"shop/w{h % WORKLOADS}",
+                                            "start_ms": now_ms - 1000, "end_ms": now_ms}] for h in range(HOSTS)}
+    for c in range(flows // 2):
+        a, b = rng.sample(range(HOSTS), 2)
+        start = now_ms - 1000 + rng.randrange(900)
+        end = start + rng.randrange(1, 100)
+        port = 32768 + (serial + c) % 28000
+        for me, peer, lport, rport, direction in ((a, b, port, 443, "outbound"), (b, a, 443, port, "inbound")):
+            batches[me].append({
+                "v": 2, "kind": "flow", "flow_id": f"h{me}-{serial}-{c}-{direction[0]}", "exporter": f"h{me}",
+                "region": "us-east", "local_ip": host_ip(me), "local_port": lport, "remote_ip": host_ip(peer),
+                "remote_port": rport, "direction": direction, "start_ms": start, "end_ms": end,
+                "bytes_sent": rng.randrange(100_000), "bytes_received": rng.randrange(100_000),
+                "local_workload": f"shop/w{me % WORKLOADS}"})
+    return batches
+
+
+def run(bootstrap: str, workdir: Path, seconds: int, rate: int) -> dict[str, Any]:
+    from confluent_kafka import Producer
+
+    from dataflow.kafka_io import ensure_topics
+    from tests.integration.kafka_io import produce
+
+    prefix = f"sustained{os.urandom(3).hex()}."
+    config = load_config(environ={}, overrides={"region": "us-east", "regions": "us-east=10.0.0.0/16;eu-west=10.1.0.0/16"})
+    k = config.kafka
+    config = replace(config, kafka=replace(
+        k, brokers=bootstrap, raw_topic=f"{prefix}flows.raw", ip_events_topic=f"{prefix}ip-events",
+        exporters_topic=f"{prefix}exporters", attributed_topic=f"{prefix}flows.attributed",
+        dlq_topic=f"{prefix}flows.dlq", forward_prefix=f"{prefix}flows.forward."))
+    k = config.kafka
+    ensure_topics(config)
+    produce(bootstrap, k.exporters_topic,
+            [orjson.dumps({"v": 2, "kind": "entitlement", "exporter": f"h{h}", "cidrs": [f"{host_ip(h)}/32"]})
+             for h in range(HOSTS)], keys=[f"h{h}".encode() for h in range(HOSTS)])
+    toml = workdir / "sustained.toml"
+    toml.write_text(
+        f'region = "us-east"\n[regions]\nus-east = ["10.0.0.0/16"]\neu-west = ["10.1.0.0/16"]\n[kafka]\n'
+        f'brokers = "{bootstrap}"\nraw_topic = "{k.raw_topic}"\nip_events_topic = "{k.ip_events_topic}"\n'
+        f'exporters_topic = "{k.exporters_topic}"\nattributed_topic = "{k.attributed_topic}"\n'
+        f'dlq_topic = "{k.dlq_topic}"\nforward_prefix = "{k.forward_prefix}"\n')
+    [job] = start_jobs(toml, 1)
+    consumer = new_consumer(bootstrap, [k.attributed_topic])
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "20", "compression.type": "lz4"})
+    rng = random.Random(17)
+    samples: list[dict[str, float]] = []
+    produced = answered = 0
+    try:
+        time.sleep(10)  # the job started and idle: the baseline
+        base_rss, cpu0 = rss_bytes(job.pid), cpu_seconds(job.pid)
+        began = time.time()
+        next_sample = began
+        for second in range(seconds):
+            tick = began + second
+            time.sleep(max(0.0, tick - time.time()))
+            now_ms = int(time.time() * 1000)
+            for host, batch in second_of_traffic(rng, now_ms, rate, second * rate).items():
+                producer.produce(k.raw_topic, orjson.dumps(batch), key=f"h{host}".encode())
+                produced += len(batch) - 1
+            producer.poll(0)
+            for msg in consumer.consume(10_000, 0):
+                if msg.error() is None:
+                    answered += msg.value().count(b'"flow_id"')
+            if time.time() >= next_sample:
+                if job.poll() is not None:
+                    raise RuntimeError(f"the job exited {job.returncode}: {job.stderr.read()[-800:]}")
+                samples.append({"s": time.time() - began, "rss": rss_bytes(job.pid), "cpu": cpu_seconds(job.pid) - cpu0,
+                                "produced": produced, "answered": answered})
+                next_sample += SAMPLE_S
+        producer.flush(30)
+    finally:
+        errors = stop_jobs([job])
+        consumer.close()
+    a = AttributionConfig()
+    return {"seconds": seconds, "rate": rate, "hosts": HOSTS, "delay_s": a.delay_s, "max_wait_s": a.max_wait_s,
+            "base_rss": base_rss, "samples": samples, "error": errors or None}
+
+
+def plateau(figures: dict[str, Any]) -> dict[str, float] | None:
+    """RSS once the window is full (the last minute of the run) and how much it still moved then."""
+    full_at = figures["delay_s"] + figures["max_wait_s"]
+    late = [s for s in figures["samples"] if s["s"] >= max(full_at, figures["seconds"] - 60)]
+    if len(late) < 2:
+        return None
+    rss = sorted(s["rss"] for s in late)[len(late) // 2]
+    first, last = late[0], late[-1]
+    window = [s for s in figures["samples"] if s["s"] >= 60]
+    cpu_rate = (window[-1]["cpu"] - window[0]["cpu"]) / max(window[-1]["s"] - window[0]["s"], 1e-9) if len(window) > 1 else 0
+    flows_rate = (window[-1]["answered"] - window[0]["answered"]) / max(window[-1]["s"] - window[0]["s"], 1e-9) if len(window) > 1 else 0
+    return {"rss": rss, "drift_per_min": (last["rss"] - first["rss"]) / max(last["s"] - first["s"], 1e-9) * 60,
+            "growth": rss - figures["base_rss"], "pending": figures["rate"] * figures["delay_s"],
+            "reports": figures["rate"] * (figures["delay_s"] + figures["max_wait_s"]),
+            "cpu_per_s": cpu_rate, "answered_per_s": flows_rate}
+
+
+def draw(figures: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = figures["samples"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot([s["s"] for s in samples], [s["rss"] / 2**20 for s in samples], label="job RSS")
+    ax.axhline(figures["base_rss"] / 2**20, color="grey", linestyle=":", label="idle job before the stream")
+    for x, label in ((figures["delay_s"], "delay"), (figures["delay_s"] + figures["max_wait_s"], "delay + max wait")):
+        ax.axvline(x, color="grey", linestyle="--")
+        ax.text(x, ax.get_ylim()[1] * 0.98, f" {label}", va="top", fontsize=8)
+    ax.set_xlabel("seconds since the stream started")
+    ax.set_ylabel("MiB")
+    ax.set_title(f"flowattr run, {figures['rate']:,} flows/s, delay {figures['delay_s']:g} s, max wait {figures['max_wait_s']:g} s")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    PICTURE.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PICTURE, dpi=100)
+    plt.close(fig)
+
+
+def render(record: dict[str, Any]) -> str:
+    f = record["figures"]
+    p = plateau(f)
+    head = ["## Sustained run at the defaults", "",
+            f"A paced producer sends {f['rate']:,} flows/s ({f['hosts']} hosts, each shipping one batch a second with a",
+            f"heartbeat; every connection reported by both ends) for {f['seconds']} s to one `flowattr run` process at",
+            f"delay_s {f['delay_s']:g} and max_wait_s {f['max_wait_s']:g}; its RSS is sampled every {SAMPLE_S:g} s.", "",
+            f"![RSS over time]({PICTURE.relative_to(REPO / 'docs')})", ""]
+    if p is None:
+        return "\n".join(head + ["The run was too short to reach a full window.", ""])
+    flat = abs(p["drift_per_min"]) <= 0.02 * p["rss"]
+    return "\n".join(head + [
+        f"- RSS once the window was full: **{p['rss'] / 2**20:,.0f} MiB** ({p['growth'] / 2**20:,.0f} MiB over the idle job), "
+        f"moving {p['drift_per_min'] / 2**20:+.1f} MiB a minute over the last minute: "
+        f"{'**flat**' if flat else '**not flat**'} (within 2% a minute).",
+        f"- Held then: about {p['pending']:,.0f} lookups waiting for their first try (rate x delay), the connection",
+        "  reports their other ends' lookups have not yet been answered from, and those no lookup answered",
+        f"  (at most rate x (delay + max wait) = {p['reports']:,.0f}).",
+        f"- Per pending lookup, its share of the reports included: **{p['growth'] / p['pending']:,.0f} B** "
+        f"(goal <= 200 B: {'met' if p['growth'] / p['pending'] <= 200 else 'missed'}).",
+        f"- RAM per 1k flows/s sustained: {p['rss'] / (f['rate'] / 1000) / 2**20:,.1f} MiB (whole process), "
+        f"{p['growth'] / (f['rate'] / 1000) / 2**20:,.1f} MiB of it for the window.",
+        f"- The job used {p['cpu_per_s']:.2f} CPU s per second answering {p['answered_per_s']:,.0f} flows/s: "
+        f"{p['answered_per_s'] / max(p['cpu_per_s'], 1e-9):,.0f} flows per CPU second at the defaults.", ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=480, help="length of the paced stream")
+    parser.add_argument("--rate", type=int, default=4000, help="flows per second")
+    args = parser.parse_args(argv)
+    import tempfile
+
+    from broker.launch import Broker
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="flowattr-bench-") as tmp, Broker() as broker:
+        figures = run(broker.bootstrap, Path(tmp), args.seconds, args.rate)
+    draw(figures)
+    save("sustained", figures, started)
+    print(render({"figures": figures}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

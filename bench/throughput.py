@@ -1,0 +1,179 @@
+"""The job's flows per CPU second on the simulated fleet: in file mode (in-process, no Kafka) and end to
+end through the real broker (one `flowattr run` process, Kafka to Kafka), medians of repeated runs,
+with a cProfile of each saying where the time goes. Figures: out/bench/throughput.json."""
+
+from __future__ import annotations
+
+import cProfile
+import gc
+import io
+import os
+import pstats
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bench import fleet
+from bench.harness import cpu_seconds, guarded, median_run, new_consumer, start_jobs, stop_jobs, trim_profile
+from dataflow import simulate as sim
+from dataflow.config import FilesConfig
+
+TARGET_PER_CORE = 100_000
+
+
+@dataclass
+class Progress:
+    """Flows seen in the output topics over time, with the job processes' CPU at each moment."""
+
+    points: list[tuple[float, int, float]] = field(default_factory=list)  # (monotonic, flows, job cpu s)
+
+    def crossing(self, flows: int) -> tuple[float, int, float] | None:
+        return next((p for p in self.points if p[1] >= flows), None)
+
+
+def end_to_end(bootstrap: str, records: fleet.Records, workdir: Path, processes: int, timeout_s: float,
+               profile: bool = False) -> dict[str, Any]:
+    """The records pre-loaded; `flowattr run` in `processes` processes timed until every flow is in the
+    attributed or the forward topic."""
+    prefix = f"e2e{processes}{'p' if profile else ''}{os.urandom(3).hex()}."  # fresh topics for every run
+    profile_path = workdir / f"{prefix}prof"
+    config = fleet.prepare_run_topics(bootstrap, records, prefix)
+    toml = fleet.write_toml(config, workdir / f"{prefix}toml")
+    consumer = new_consumer(bootstrap, [config.kafka.attributed_topic, config.forward_topic(sim.AWAY)])
+    started = time.monotonic()
+    jobs = start_jobs(toml, processes, profile_path if profile else None)
+    try:
+        progress = Progress()
+        flows, first_output = 0, None
+        deadline = started + timeout_s
+        while flows < records.flows and time.monotonic() < deadline and all(j.poll() is None for j in jobs):
+            for msg in consumer.consume(1000, 0.2):
+                if msg.error() is None:
+                    flows += msg.value().count(b'"flow_id"')
+            now = time.monotonic()
+            if flows and first_output is None:
+                first_output = now
+            progress.points.append((now, flows, sum(cpu_seconds(j.pid) for j in jobs)))
+        ended = time.monotonic()
+        cpu = progress.points[-1][2] if progress.points else 0.0
+    finally:
+        errors = stop_jobs(jobs)
+        consumer.close()
+    result: dict[str, Any] = {
+        "processes": processes, "flows": flows, "expected": records.flows, "complete": flows >= records.flows,
+        "wall_s": ended - started, "cpu_s": cpu, "first_output_s": (first_output - started) if first_output else None,
+    }
+    if not result["complete"]:
+        result["error"] = f"{flows} of {records.flows} flows within {timeout_s:.0f} s; " + errors
+    # Steady state: from 10% to 90% of the flows out, without start-up and the final wait for the arrival
+    # clock to pass the last lookups' first try.
+    lo, hi = progress.crossing(records.flows // 10), progress.crossing(records.flows * 9 // 10)
+    if lo and hi and hi[0] > lo[0]:
+        result["steady_flows_per_s"] = (hi[1] - lo[1]) / (hi[0] - lo[0])
+        result["steady_flows_per_cpu_s"] = (hi[1] - lo[1]) / max(hi[2] - lo[2], 1e-9)
+    if profile and profile_path.exists():
+        text = io.StringIO()
+        pstats.Stats(str(profile_path), stream=text).sort_stats("tottime").print_stats(22)
+        result["profile"] = trim_profile(text.getvalue())
+    return result
+
+
+def file_mode(records: fleet.Records, workdir: Path, profile: bool) -> dict[str, Any]:
+    """The same job on the file-mode folder, in this process (`bytewax.testing.run_main`), no Kafka."""
+    from bytewax.testing import run_main
+
+    from dataflow.flow import build
+    from dataflow.routing import Tally
+
+    out = workdir / ("file-profiled" if profile else "file")
+    config = replace(fleet.job_config(), files=FilesConfig(input_dir=str(records.folder), output_dir=str(out)))
+    tally = Tally()
+    profiler = cProfile.Profile() if profile else None
+    gc.collect()
+    wall, cpu = time.monotonic(), time.process_time()
+    if profiler:
+        profiler.enable()
+    run_main(build(config, tally))
+    if profiler:
+        profiler.disable()
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    counts = tally.snapshot()
+    answered = sum(v for k, v in counts.items() if k.startswith(("out.", "forwarded.")))
+    result = {"wall_s": wall, "cpu_s": cpu, "flows": answered, "complete": answered == records.flows}
+    if profiler:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(22)
+        result["profile"] = trim_profile(text.getvalue())
+    return result
+
+
+def run(records: fleet.Records, workdir: Path, bootstrap: str | None, repeat: int) -> dict[str, Any]:
+    figures: dict[str, Any] = {"records": records.describe()}
+    guarded("file mode", lambda: median_run(lambda: file_mode(records, workdir, profile=False), repeat), figures)
+    guarded("file mode, cProfile", lambda: file_mode(records, workdir, profile=True), figures)
+    if bootstrap:
+        guarded("kafka, 1 process", lambda: median_run(lambda: end_to_end(bootstrap, records, workdir, 1, 300), repeat),
+                figures)
+        guarded("kafka, 1 process, cProfile", lambda: end_to_end(bootstrap, records, workdir, 1, 300, profile=True), figures)
+    return figures
+
+
+def per_core(figures: dict[str, Any]) -> float | None:
+    """Every flow over every CPU second of the job (1 process, Kafka to Kafka)."""
+    one = figures.get("kafka, 1 process", {})
+    return one["flows"] / one["cpu_s"] if one.get("cpu_s") and one.get("complete") else None
+
+
+def _per_s(n: float, s: float | None) -> str:
+    return f"{n / s:,.0f}" if s else "-"
+
+
+def table(figures: dict[str, Any]) -> list[str]:
+    rows = ["| run | wall s | flows/s | CPU s | flows per CPU second | runs (wall s) |", "|---|---:|---:|---:|---:|---|"]
+    for name in ("kafka, 1 process", "file mode", "file mode, cProfile", "kafka, 1 process, cProfile"):
+        x = figures.get(name)
+        if not x or "wall_s" not in x:
+            continue
+        runs = ", ".join(f"{w:.1f}" for w in x.get("runs_wall_s", []))
+        note = "" if x.get("complete") else " (INCOMPLETE)"
+        rows.append(f"| {name}{note} | {x['wall_s']:.1f} | {_per_s(x['flows'], x['wall_s'])} | {x['cpu_s']:.1f} "
+                    f"| {_per_s(x['flows'], x['cpu_s'])} | {runs} |")
+        if "steady_flows_per_cpu_s" in x and "cProfile" not in name:
+            rows.append(f"| {name}, steady (10% -> 90% of the flows out) | | {x['steady_flows_per_s']:,.0f} | "
+                        f"| {x['steady_flows_per_cpu_s']:,.0f} | |")
+    return rows
+
+
+def render(record: dict[str, Any]) -> str:
+    figures = record["figures"]
+    r = figures["records"]
+    core = per_core(figures)
+    verdict = ("not measured" if core is None else f"**met**: {core:,.0f}" if core >= TARGET_PER_CORE
+               else f"**missed** by {TARGET_PER_CORE / core:.1f}x: {core:,.0f} flows per CPU second, "
+                    f"{1e6 / core:.0f} µs a flow against {1e6 / TARGET_PER_CORE:.0f}")
+    profiles = []
+    for name in ("file mode, cProfile", "kafka, 1 process, cProfile"):
+        if figures.get(name, {}).get("profile"):
+            profiles += [f"### Profile: {name} (top functions by own time)", "", "```", figures[name]["profile"], "```", ""]
+    return "\n".join([
+        "## Throughput", "",
+        f"One simulated fleet (`dataflow/simulate.py`, seed {r['seed']}): {r['services']} workloads x "
+        f"{r['instances_per_service']} instances over {r['minutes']} min, exporters reporting every {r['interval_s']} s "
+        f"(the job with delay_s {r['delay_s']:g}, max_wait_s {r['max_wait_s']:g}); **{r['flows']:,} flows** "
+        f"({r['raw_flows']:,} raw, {r['forwarded_flows']:,} forwarded in), {r['records']:,} records in {r['messages']:,} "
+        f"messages ({r['raw_bytes'] / 1e6:.0f} MB of JSON), the raw topic in {r['raw_partitions']} partitions keyed by exporter.",
+        "*kafka*: the records pre-loaded, `flowattr run` started and timed until every flow is out (start-up and the",
+        "final wait for the arrival clock included; CPU = utime + stime of the job process from /proc).",
+        "*file mode*: the same job on the same batches as files, in the bench's process. cProfile roughly doubles",
+        "the time: read its shares, not its seconds.", "",
+        *table(figures), "",
+        f"Goal: >= {TARGET_PER_CORE:,} flows per CPU second end to end (1 process, every flow over every CPU second): {verdict}.",
+        "",
+        *profiles,
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit("run through `python -m bench.run` (it loads the topics once for every benchmark)")

@@ -1,0 +1,39 @@
+"""The Bytewax hold on a shard, driven directly: a surprise while one message's work is applied
+dead-letters that work's flows with the exception, and the shard goes on with the next."""
+
+from dataflow.attribution import Lookup, ShardWork
+from dataflow.config import load_config
+from dataflow.flow import ShardLogic, StateCollector
+from dataflow.records import RAW
+from dataflow.routing import Tally
+
+NOW = 1_780_000_000_000
+
+
+def flow(flow_id):
+    return {"v": 2, "kind": "flow", "flow_id": flow_id, "exporter": "h", "region": "us-east", "local_ip": "10.0.0.1",
+            "local_port": 40000, "remote_ip": "10.0.0.2", "remote_port": 443, "direction": "outbound",
+            "start_ms": NOW - 9000, "end_ms": NOW - 8000, "bytes_sent": 1, "bytes_received": 2, "local_workload": None}
+
+
+def test_a_failing_work_dead_letters_its_lookups_and_the_shard_goes_on(monkeypatch):
+    tally = Tally()
+    logic = ShardLogic(load_config(environ={}), None, frozenset({(RAW, 0)}), True, StateCollector(), tally)
+    real = logic.shard.absorb
+
+    def absorb(item):
+        if any(i.flow["flow_id"] == "poison" for i in item.items):
+            raise ZeroDivisionError("division by zero")
+        return real(item)
+
+    monkeypatch.setattr(logic.shard, "absorb", absorb)
+    works = [ShardWork(NOW, (2, 0, 1), [Lookup(flow("good-1"))]),
+             ShardWork(NOW + 1, (2, 0, 2), [Lookup(flow("poison")), Lookup(flow("neighbour"))]),
+             ShardWork(NOW + 2, (2, 0, 3), [Lookup(flow("good-2"))])]
+    out, _ = logic.on_batch(works)
+    letters = [o for o in out if type(o) is not list]
+    assert [(d.reason, d.detail, d.origin.offset) for d in letters] == [
+        ("internal_error", "ZeroDivisionError: division by zero", 2)] * 2
+    assert tally.snapshot() == {"errors.shard": 1, "dead.internal_error": 2}
+    answered, _ = logic.on_eof()
+    assert sorted(f["flow_id"] for flows in answered for f in flows) == ["good-1", "good-2"]
