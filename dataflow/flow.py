@@ -176,11 +176,15 @@ class ShardLogic(StatefulBatchLogic):
 
     def on_batch(self, items: list) -> tuple[list, bool]:
         decided, dead = [], []
+        late = self.shard.late
         for item in items:
             try:
                 decided.extend(self.shard.absorb(item))
             except Exception as e:  # noqa: BLE001 - a surprise in one message's work must not stop the job
                 dead.extend(self._dead_letters(item, e))
+        if self.shard.late > late:
+            # Evidence read after the clock had passed its arrival: a replay may answer differently.
+            self.tally.add({"late": self.shard.late - late})
         if self.shard.evicted:
             self.tally.add({f"evicted.{kind}": n for kind, n in self.shard.evicted.items()})
             self.shard.evicted.clear()

@@ -39,7 +39,7 @@ from dataflow.routing import Message
 # The broker stamps each message of the input topics with its own time on arrival: the clock that
 # decides (dataflow/clock.py), which no producer can set.
 ARRIVAL_TIME = {"message.timestamp.type": "LogAppendTime"}
-CAUGHT_UP_EVERY_S = 0.25
+CAUGHT_UP_EVERY_S = 0.1
 # Told where a reader is: (topic, partition, next offset to read, the partition's low and high watermarks).
 PositionWatch = Callable[[str, int, int, int, int], None]
 
