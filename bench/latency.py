@@ -106,9 +106,9 @@ def run(bootstrap: str, workdir: Path, setup: Setup) -> dict[str, Any]:
     fleet = sim.simulate(scenario)
     _publish_entitlements(bootstrap, config.kafka.exporters_topic, fleet)
     k = config.kafka
-    schedule = [(a, k.raw_topic, sim.message_key(v), v) for a, v in fleet.flow_messages]
-    schedule += [(a, k.ip_events_topic, None, v) for a, v in fleet.ip_event_messages]
-    schedule += [(a, config.forward_topic(sim.HOME), None, v) for a, v in fleet.forwarded_messages]
+    schedule = [(m.arrival_ms, k.raw_topic, m.key, m.value) for m in fleet.flow_messages]
+    schedule += [(m.arrival_ms, k.ip_events_topic, None, m.value) for m in fleet.ip_event_messages]
+    schedule += [(m.arrival_ms, config.forward_topic(sim.HOME), None, m.value) for m in fleet.forwarded_messages]
     schedule.sort(key=lambda m: m[0])
 
     job = subprocess.Popen(
@@ -241,16 +241,16 @@ def _histogram(values: list[float], width_s: float = 0.5) -> dict[str, int]:
 
 def _expected(fleet) -> int:
     away = ("10.1.", "fd00:0:1:")  # flows to the other region are forwarded there, not answered here
-    n = sum(1 for _, v in fleet.flow_messages for r in orjson.loads(v)
+    n = sum(1 for *_, v in fleet.flow_messages for r in orjson.loads(v)
             if r["kind"] == "flow" and not r["remote_ip"].startswith(away))
-    return n + sum(len(orjson.loads(v)) for _, v in fleet.forwarded_messages)
+    return n + sum(len(orjson.loads(v)) for *_, v in fleet.forwarded_messages)
 
 
 def _publish_entitlements(bootstrap: str, topic: str, fleet) -> None:
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": bootstrap})
-    for e in sim.entitlements(fleet):
+    for e in [orjson.loads(m.value) for m in fleet.entitlement_messages]:
         producer.produce(topic, orjson.dumps(e), key=e["exporter"].encode())
     if producer.flush(30):
         raise RuntimeError("could not publish the entitlements")

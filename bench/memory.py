@@ -172,10 +172,9 @@ def render(record: dict) -> str:
               f" ({verdict} the goal of {TARGET_BYTES} B);",
               f"- a pending lookup alone (flows without a local workload leave no report): "
               f"**{lookups['bytes_per_pending_flow']:.0f} B**; so a connection report costs about **{report:.0f} B**.",
-              f"- A connection report is let go once the other end's lookup was answered from it, else kept",
-              f"  delay + max wait after its arrival ({kept_s:g} s at the defaults); a lookup waits delay after its start",
-              f"  ({a.delay_s:g} s), longer only while no evidence answers it. The sustained run below shows what a",
-              "  steady stream holds.",
+              f"- A connection report is kept delay + max wait after its arrival ({kept_s:g} s at the defaults), at",
+              f"  most `max_connections_per_shard` a shard; a lookup waits delay after its start ({a.delay_s:g} s), longer",
+              "  only while no evidence answers it. The sustained run below shows what a steady stream holds.",
               ""]
     addresses = figures.get("addresses")
     if addresses:

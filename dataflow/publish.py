@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import orjson
 from confluent_kafka import Producer
 
 from dataflow import kafka_io
@@ -21,12 +20,12 @@ def publish(config: Config, fleet: sim.Fleet, say: Callable[[str], None] = print
     kafka_io.ensure_topics(config)
     k = config.kafka
     producer = Producer(client_settings(k, **{"enable.idempotence": True, "linger.ms": 5}))
-    for entry in sim.entitlements(fleet):
-        producer.produce(k.exporters_topic, orjson.dumps(entry), key=entry["exporter"].encode())
-    for _, value in fleet.ip_event_messages:
-        producer.produce(k.ip_events_topic, value)
-    timed = [(a, k.raw_topic, sim.message_key(v), v) for a, v in fleet.flow_messages]
-    timed += [(a, config.forward_topic(config.region), None, v) for a, v in fleet.forwarded_messages]
+    for m in fleet.entitlement_messages:
+        producer.produce(k.exporters_topic, m.value, key=m.key)
+    for m in fleet.ip_event_messages:
+        producer.produce(k.ip_events_topic, m.value)
+    timed = [(m.arrival_ms, k.raw_topic, m.key, m.value) for m in fleet.flow_messages]
+    timed += [(m.arrival_ms, config.forward_topic(config.region), None, m.value) for m in fleet.forwarded_messages]
     timed.sort(key=lambda m: m[0])
     said_at = time.monotonic()
     for sent, (arrival, topic, key, value) in enumerate(timed, 1):

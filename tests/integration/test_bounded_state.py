@@ -23,7 +23,7 @@ BOUNDS = {"max_pending_per_shard": 500, "max_connections_per_shard": 2000, "max_
 
 
 def fleet_messages(fleet):
-    return [(arrival, sim.message_key(v), lambda v=v: v) for arrival, v in fleet.flow_messages]
+    return [(m.arrival_ms, m.key, lambda v=m.value: v) for m in fleet.flow_messages]
 
 
 def scan_messages(fleet, start_ms, arrivals):
@@ -66,7 +66,7 @@ def run(messages, fleet):
     state's."""
     config = load_config(environ={}, overrides={"region": sim.HOME})
     config = replace(config, regions=sim.regions_config(), attribution=replace(config.attribution, **BOUNDS))
-    entitled = {e["exporter"]: e["cidrs"] for e in sim.entitlements(fleet)}
+    entitled = fleet.entitlements()
     entitled.update(scanner=["fd00:0:0:fe::/64"], flooder=["10.0.254.0/24"])
     tally = Tally()
     ticks = iter(range(10**9))

@@ -67,10 +67,10 @@ def build_input(fleet):
     """The fleet's raw messages as (arrival, key, value), the pills (no key, no arrival: plain lines of a
     recording) and the long-comm batch (under its exporter's key) spread among them; the good flows, and
     each pill's expected reasons."""
-    template = next(r for _, v in fleet.flow_messages for r in orjson.loads(v)
+    template = next(r for *_, v in fleet.flow_messages for r in orjson.loads(v)
                     if r["kind"] == "flow" and r["remote_ip"].startswith(HOME_REMOTE))
     pills = poison_pills(template)
-    messages = [(arrival, sim.message_key(v), v) for arrival, v in fleet.flow_messages]
+    messages = [(m.arrival_ms, m.key, m.value) for m in fleet.flow_messages]
     middle = messages[len(messages) // 2][0]
     messages.insert(len(messages) // 2, (middle, template["exporter"].encode(), long_comm_batch(template)))
     step = max(1, len(messages) // (len(pills) + 1))
@@ -150,7 +150,7 @@ def test_kafka_job_dead_letters_each_poison_pill_and_splits_its_outputs_to_fit(k
     ensure_topics(load_config(config_path, environ={}))
     messages, flows, pills = build_input(fleet)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 8_000_000, "linger.ms": 5})
-    for entitlement in sim.entitlements(fleet):
+    for entitlement in [orjson.loads(m.value) for m in fleet.entitlement_messages]:
         producer.produce(k["exporters_topic"], orjson.dumps(entitlement), entitlement["exporter"].encode())
     for _, key, value in messages:
         producer.produce(k["raw_topic"], value, key)

@@ -40,11 +40,11 @@ def write_config(path, bootstrap, prefix):
 
 
 def produce_fleet(bootstrap, topic, messages):
-    produce(bootstrap, topic, [v for _, v in messages], keys=[sim.message_key(v) for _, v in messages])
+    produce(bootstrap, topic, [m.value for m in messages], keys=[m.key for m in messages])
 
 
 def flows_of(messages):
-    return [r for _, v in messages for r in orjson.loads(v) if r["kind"] == "flow"]
+    return [r for *_, v in messages for r in orjson.loads(v) if r["kind"] == "flow"]
 
 
 def is_away(flow):
@@ -63,11 +63,11 @@ def test_rescaled_1_2_1_processes_mid_stream_loses_nothing_and_answers_alike(kaf
     config = load_config(config_path, environ={})
     ensure_topics(config)
     k = config.kafka
-    entitled = sim.entitlements(fleet)
+    entitled = [orjson.loads(m.value) for m in fleet.entitlement_messages]
     produce(kafka_bootstrap, k.exporters_topic, [orjson.dumps(e) for e in entitled],
             keys=[e["exporter"].encode() for e in entitled])
-    produce(kafka_bootstrap, k.ip_events_topic, [v for _, v in fleet.ip_event_messages])
-    produce(kafka_bootstrap, config.forward_topic(sim.HOME), [v for _, v in fleet.forwarded_messages])
+    produce(kafka_bootstrap, k.ip_events_topic, [m.value for m in fleet.ip_event_messages])
+    produce(kafka_bootstrap, config.forward_topic(sim.HOME), [m.value for m in fleet.forwarded_messages])
     home = [f for f in flows_of(fleet.flow_messages) if not is_away(f)]
     expected = {f["flow_id"] for f in home} | {f["flow_id"] for f in flows_of(fleet.forwarded_messages)}
     away = {f["flow_id"] for f in flows_of(fleet.flow_messages) if is_away(f)}

@@ -52,14 +52,14 @@ class Job:
         self.log = open(tmp_path / "job.log", "ab")
         ensure_topics(load_config(self.config, environ={}))
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-        for entitlement in sim.entitlements(fleet):
+        for entitlement in [orjson.loads(m.value) for m in fleet.entitlement_messages]:
             self.producer.produce(self.kafka["exporters_topic"], orjson.dumps(entitlement),
                                   entitlement["exporter"].encode())
         assert self.producer.flush(60) == 0
         self.fleet = fleet
-        flows = [r for _, v in fleet.flow_messages for r in orjson.loads(v) if r["kind"] == "flow"]
+        flows = [r for *_, v in fleet.flow_messages for r in orjson.loads(v) if r["kind"] == "flow"]
         self.expected = {f["flow_id"] for f in flows if not f["remote_ip"].startswith(AWAY_REMOTE)}
-        self.expected |= {f["flow_id"] for _, v in fleet.forwarded_messages for f in orjson.loads(v)}
+        self.expected |= {f["flow_id"] for *_, v in fleet.forwarded_messages for f in orjson.loads(v)}
         self.messages_in = len(fleet.flow_messages) + len(fleet.ip_event_messages) + len(fleet.forwarded_messages)
         self.prefix = prefix
         self.proc = None
@@ -74,8 +74,8 @@ class Job:
                   (self.kafka["raw_topic"], f.flow_messages, True)]
         for topic, messages, keyed in topics:
             lo, hi = int(share_from * len(messages)), int(share_to * len(messages))
-            for _, value in messages[lo:hi]:
-                self.producer.produce(topic, value, sim.message_key(value) if keyed else None)
+            for m in messages[lo:hi]:
+                self.producer.produce(topic, m.value, m.key if keyed else None)
                 self.producer.poll(0)
         assert self.producer.flush(60) == 0
 

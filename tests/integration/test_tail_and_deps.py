@@ -142,7 +142,7 @@ def connections(fleet, answers):
 
 def true_edges(fleet):
     edges = set()
-    for _, value in fleet.flow_messages + fleet.forwarded_messages:
+    for *_, value in fleet.flow_messages + fleet.forwarded_messages:
         for r in orjson.loads(value):
             if r["kind"] == "flow" and fleet.truth.get(r["flow_id"]):
                 remote = fleet.truth[r["flow_id"]]
