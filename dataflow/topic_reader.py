@@ -15,8 +15,10 @@ from dataflow.kafka_io import LastError
 BEGINNING, END = "beginning", "end"
 
 
-def consumer(config: Config, timeout_s: float = 10.0) -> Consumer:
-    """A consumer that commits nothing (offsets are chosen by the reader), reachable or a ConnectionError."""
+def consumer(config: Config, timeout_s: float | None = None) -> Consumer:
+    """A consumer that commits nothing (offsets are chosen by the reader), reachable within
+    kafka.timeout_s or a ConnectionError."""
+    timeout_s = config.kafka.timeout_s if timeout_s is None else timeout_s
     if not config.kafka.brokers:
         raise ConfigError("give --brokers HOST:PORT (or kafka.brokers in the config)")
     last_error = LastError()
@@ -32,7 +34,9 @@ def consumer(config: Config, timeout_s: float = 10.0) -> Consumer:
     except KafkaException as e:
         c.poll(0)  # serves error_cb: a refused password or certificate says so, not only "timed out"
         c.close()
-        raise ConnectionError(f"cannot reach Kafka at {config.kafka.brokers}: {last_error.why(e)}") from None
+        raise ConnectionError(
+            f"cannot reach Kafka at {config.kafka.brokers} within {timeout_s:g} s (kafka.timeout_s): {last_error.why(e)}"
+        ) from None
     return c
 
 

@@ -108,7 +108,7 @@ def test_a_refused_password_is_one_line_that_does_not_show_it(secure, tmp_path):
     wrong = "not-" + USERS["flowattr"]
     env = {**os.environ, **security(broker, pki, "SCRAM-SHA-512", "flowattr"), "FLOWATTR_KAFKA__SASL_PASSWORD": wrong,
            "PYTHONPATH": str(REPO)}
-    for command in (["tail", "flows.attributed"], ["run", "--region", "r"]):
+    for command in (["tail", "flows.attributed"], ["run", "--region", "r", "--regions", "r=10.233.0.0/24"]):
         done = subprocess.run([sys.executable, "-m", "dataflow.cli", *command], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
@@ -119,9 +119,9 @@ def test_a_refused_password_is_one_line_that_does_not_show_it(secure, tmp_path):
 def test_an_untrusted_broker_certificate_is_refused(secure, tmp_path):
     broker, _ = secure
     other = make_pki(tmp_path / "other")
-    config = load_config(environ=security(broker, other, "PLAIN", "flowattr"))
+    config = load_config(environ={**security(broker, other, "PLAIN", "flowattr"), "FLOWATTR_KAFKA__TIMEOUT_S": "10"})
     with pytest.raises(ConnectionError, match="certificate verify failed"):
-        ensure_topics(config, timeout_s=10)
+        ensure_topics(config)
 
 
 # ------------------------------------------------------------------ a real run, scraped
