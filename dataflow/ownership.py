@@ -66,20 +66,14 @@ def owner_at(spans: list, t: int, guard_ms: int, clock=None, reach_ms: int = 0):
     covering = None
     near = None
     for i in range(0, len(spans), 3):
-        s = spans[i]
-        if s - guard_ms - reach_ms > t:
+        if spans[i] - guard_ms - reach_ms > t:
             break
-        e, claimer = spans[i + 1], spans[i + 2]
-        margin = guard_ms
-        if clock is not None:
-            known = clock(claimer[1])
-            if known is None:
-                continue
-            offset, slack = known
-            s, e, margin = s - offset, e - offset, guard_ms + slack
+        corrected = _corrected(spans, i, guard_ms, clock)
+        if corrected is None:
+            continue
+        s, e, margin, w = corrected
         if t > e + margin or s - margin > t:
             continue
-        w = claimer[0] if type(claimer) is tuple else claimer
         if near is None:
             near = w
         elif near != w:
@@ -93,21 +87,28 @@ def contradicted(spans: list, workload: str, t: int, guard_ms: int, clock=None, 
     """Whether another workload's range holds t with the guard to spare on both sides: evidence that
     contradicts a report naming `workload`, however the hosts' clocks differ within the guard."""
     for i in range(0, len(spans), 3):
-        s = spans[i]
-        if s - reach_ms > t - guard_ms:
+        if spans[i] - reach_ms > t - guard_ms:
             break
-        e, claimer = spans[i + 1], spans[i + 2]
-        margin = guard_ms
-        if clock is not None:
-            known = clock(claimer[1])
-            if known is None:
-                continue
-            offset, slack = known
-            s, e, margin = s - offset, e - offset, guard_ms + slack
-        w = claimer[0] if type(claimer) is tuple else claimer
+        corrected = _corrected(spans, i, guard_ms, clock)
+        if corrected is None:
+            continue
+        s, e, margin, w = corrected
         if w != workload and s <= t - margin and t + margin <= e:
             return True
     return False
+
+
+def _corrected(spans: list, i: int, guard_ms: int, clock):
+    """The range at i as (start, end, margin, workload) on its claimer's corrected clock, or None when
+    that clock is not to be believed."""
+    s, e, claimer = spans[i], spans[i + 1], spans[i + 2]
+    if clock is None:
+        return s, e, guard_ms, claimer[0] if type(claimer) is tuple else claimer
+    known = clock(claimer[1])
+    if known is None:
+        return None
+    offset, slack = known
+    return s - offset, e - offset, guard_ms + slack, claimer[0]
 
 
 def prune(spans: list, horizon: int) -> None:
