@@ -101,7 +101,7 @@ def evaluate(scenario: sim.Scenario, workdir: Path) -> tuple[sim.Fleet, dict[str
     fleet = sim.simulate(scenario)
     folder = sim.write(fleet, workdir / "input")
     # The scenarios start at a fixed moment, so the same seed gives the same table on any day.
-    config = load_config(environ={}, overrides={"attribution.max_age_s": 20 * 365 * 86400})
+    config = load_config(environ={}, overrides={"attribution.max_age_s": 3650 * 86400})
     config = replace(
         config,
         region=sim.HOME,
