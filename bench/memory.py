@@ -103,7 +103,7 @@ def hold(flows: int, reports: bool) -> dict:
     messages.clear()
     gc.collect()
     return {"flows": flows, "pending": sum(s.pending() for s in shards.values()),
-            "reports": sum(len(s.connections) for s in shards.values()),
+            "reports": sum(s.report_count for s in shards.values()),
             "rss_bytes": _rss_bytes() - before, "cpu_s": cpu}
 
 

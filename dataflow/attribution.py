@@ -13,6 +13,20 @@ from typing import Any, NamedTuple
 from dataflow import ownership
 from dataflow.clock import ENDED, ArrivalClock, PartitionId, PeerClocks, first_try_ms
 from dataflow.config import AttributionConfig
+from dataflow.packed import (
+    HEAD,
+    SAMPLED,
+    UNNAMED,
+    Names,
+    PackedLookup,
+    connection_key,
+    lookups,
+    pack_lookup,
+    read_report,
+    report,
+    reporter,
+    with_flags,
+)
 from dataflow.records import (
     ATTRIBUTED_OUTCOME,
     CONFLICT,
@@ -84,22 +98,12 @@ class Progress(NamedTuple):
     reached: dict[PartitionId, int]
 
 
-class Pending:
-    """A lookup waiting for its first try or for new evidence."""
-
-    __slots__ = ("flow", "start", "deadline", "settle", "live", "sampled")
-
-    def __init__(self, flow: Flow, start: int, deadline: int, settle: int):
-        self.flow = flow
-        self.start = start  # on the corrected clock
-        self.deadline = deadline
-        self.settle = settle
-        self.live = True
-        self.sampled = False
-
-
 class Shard:
     """State and decisions for the addresses that hash to one shard."""
+
+    # Lookups are decided at points of this grid of arrival time: the lookups due at one point share one
+    # buffer, so that a waiting lookup costs its packed bytes and nothing per object.
+    DUE_GRID_MS = 1000
 
     def __init__(self, settings: AttributionConfig, partitions: frozenset[PartitionId], clock_bound_ms: int = 30_000):
         """`partitions`: every input partition whose arrival time the shard must have seen pass."""
@@ -111,9 +115,6 @@ class Shard:
         self.max_pending = settings.max_pending_per_shard
         self.max_connections = settings.max_connections_per_shard
         self.evicted: dict[str, int] = {}  # what the bounds pushed out, by kind; read and reset by the caller
-        # Lookups of addresses no evidence named when they came, by the exporter that asked: a scan's.
-        self.unnamed: dict[str, deque[Pending]] = {}
-        self.unnamed_candidates = 0
         self.guard_ms = settings.skew_guard_ms
         self.window_ms = settings.connection_window_ms
         self.clock = ArrivalClock(partitions)
@@ -126,17 +127,23 @@ class Shard:
         self.ranges: dict[str, list] = {}
         self.port_ranges: dict[str, dict[Ports, list]] = {}  # shared IPv4 addresses, by port range
         self.events: dict[str, list] = {}
-        self.connections: dict[ConnectionKey, list[tuple[int, str, str]]] = {}  # (start, workload, exporter)
-        self.connection_order: deque[tuple[int, ConnectionKey, tuple]] = deque()  # (arrival, key, report)
-        self.connection_count = 0
-        # The same reports by the exporter that sent them, oldest first: what a flood's bound evicts.
-        self.reports_by_exporter: dict[str, deque[tuple[ConnectionKey, tuple]]] = {}
-        self.report_candidates = 0
-        self.first_tries: list[tuple[int, int, Pending]] = []
-        # Lookups past their first try wait here for new evidence on their address, and in `deadlines`.
-        self.waiting: dict[str, list[Pending]] = {}
-        self.deadlines: list[tuple[int, int, Pending]] = []
-        self.seq = 0
+        self.names = Names()
+        # Connection reports by the prune period they arrived in, oldest first; each period maps packed
+        # connection keys to a report (or a list of them), so that pruning lets a whole period go.
+        self.reports: deque[tuple[int, dict[bytes, Any]]] = deque()
+        self.report_count = 0
+        self.reports_of: dict[int, int] = {}  # reports held, by exporter number: what a flood's bound evicts
+        # Lookups before their first try, packed, by the grid point they are due at (and a heap of those).
+        self.first_tries: dict[int, bytearray] = {}
+        self.first_try_points: list[int] = []
+        # Lookups past their first try wait at their remote address for new evidence, until their
+        # deadline; the heap holds (grid point, address) for each address with a deadline at that point.
+        self.waiting: dict[str, bytearray] = {}
+        self.deadlines: list[tuple[int, str]] = []
+        self.deadline_marks: set[tuple[int, str]] = set()
+        self.pending_count = 0
+        # Lookups of addresses no evidence named when they came, by the exporter that asked: a scan's.
+        self.unnamed: dict[str, int] = {}
         # Pruning runs at fixed points of arrival time, in order with everything else, so that what it
         # drops never depends on how the clock's progress happened to be chunked.
         self.prune_every_ms = max(self.delay_ms, 1000)
@@ -144,14 +151,15 @@ class Shard:
         self.next_prune_ms: int | None = None
 
     def pending(self) -> int:
-        return len(self.first_tries) + sum(len(entries) for entries in self.waiting.values())
+        return self.pending_count
 
     def stats(self) -> dict[str, int]:
         return {
             "addresses": len(self.ranges) + len(self.port_ranges),
             "ranges": sum(len(s) for s in self.ranges.values()) // 3
             + sum(len(s) for by_port in self.port_ranges.values() for s in by_port.values()) // 3,
-            "pending": self.pending(),
+            "pending": self.pending_count,
+            "reports": self.report_count,
             "buffered": len(self.inbox),
             "late": self.late,
             "refused_claims": self.refused_claims,
@@ -179,23 +187,26 @@ class Shard:
         decided: list[Flow] = []
         if self.inbox:
             self._advance_to(max(w.arrival_ms for w in self.inbox), decided)
-        while self.first_tries:
-            _, _, p = heapq.heappop(self.first_tries)
-            decided.append(self._answer(p, final=True) or _no_owner(p.flow))
-        for _, _, p in self.deadlines:
-            if p.live:
-                decided.append(self._answer(p, final=True) or _no_owner(p.flow))
-        self.deadlines.clear()
+        while self.first_try_points:
+            for p in lookups(self.first_tries.pop(heapq.heappop(self.first_try_points)), self.names):
+                decided.append(self._final(p))
+        for held in self.waiting.values():
+            for p in lookups(held, self.names):
+                decided.append(self._final(p))
         self.waiting.clear()
+        self.deadlines.clear()
+        self.deadline_marks.clear()
+        self.unnamed.clear()
+        self.pending_count = 0
         return decided
 
     def _advance_to(self, now: int, decided: list[Flow]) -> None:
         """Apply the evidence and make the decisions due up to `now`, in time order; evidence of a
         millisecond comes before the decisions of that millisecond."""
-        inbox, first_tries, deadlines = self.inbox, self.first_tries, self.deadlines
+        inbox, first_try_points, deadlines = self.inbox, self.first_try_points, self.deadlines
         while True:
             work_at = inbox[0].arrival_ms if inbox else ENDED
-            due_at = min(first_tries[0][0] if first_tries else ENDED, deadlines[0][0] if deadlines else ENDED)
+            due_at = min(first_try_points[0] if first_try_points else ENDED, deadlines[0][0] if deadlines else ENDED)
             if self.next_prune_ms is None and min(work_at, due_at) < ENDED:
                 self.next_prune_ms = (min(work_at, due_at) // self.prune_every_ms + 1) * self.prune_every_ms
             prune_at = ENDED if self.next_prune_ms is None else self.next_prune_ms
@@ -242,25 +253,8 @@ class Shard:
                 if ownership.claim(spans, self._claimer(item.workload, item.exporter), item.start, item.end, self.max_ranges):
                     self._count_eviction("ranges")
             elif kind is Connection:
-                key = item.key
-                report = (item.start, item.workload, item.exporter)
-                reports = self.connections.get(key)
-                if reports is None:
-                    self.connections[key] = [report]
-                else:
-                    reports.append(report)
-                self.connection_order.append((work.arrival_ms, key, report))
-                self.connection_count += 1
-                mine = self.reports_by_exporter.get(item.exporter)
-                if mine is None:
-                    mine = self.reports_by_exporter[item.exporter] = deque()
-                mine.append((key, report))
-                self.report_candidates += 1
-                if self.report_candidates > 2 * self.max_connections:
-                    self._forget_gone_reports()
-                if self.connection_count > self.max_connections:
-                    self._evict_connections()
-                ip = key[0]
+                ip = item.key[0]
+                self._keep_report(connection_key(*item.key), item, work.arrival_ms)
             elif kind is Lookup:
                 flow = item.flow
                 offset = self.peers.offset(flow["exporter"])
@@ -274,18 +268,12 @@ class Shard:
                 arrival = work.arrival_ms
                 first = first_try_ms(start, arrival, self.delay_ms)
                 settle = first_try_ms(start, arrival, self.event_settle_ms)
-                pending = Pending(flow, start, first + self.max_wait_ms - self.delay_ms, settle)
-                self.seq += 1
-                heapq.heappush(self.first_tries, (first, self.seq, pending))
-                if not self._named(flow):
-                    queue = self.unnamed.get(flow["exporter"])
-                    if queue is None:
-                        queue = self.unnamed[flow["exporter"]] = deque()
-                    queue.append(pending)
-                    self.unnamed_candidates += 1
-                    if self.unnamed_candidates > 2 * self.max_pending:
-                        self._forget_answered_lookups()
-                if len(self.first_tries) + len(self.deadlines) > self.max_pending:
+                unnamed = not self._named(flow)
+                packed = pack_lookup(flow, start, first + self.max_wait_ms - self.delay_ms, settle, unnamed, self.names)
+                self._hold_first_try(first, packed)
+                if unnamed:
+                    self.unnamed[flow["exporter"]] = self.unnamed.get(flow["exporter"], 0) + 1
+                if self.pending_count > self.max_pending:
                     self._evict_lookups(decided)
                 continue
             else:
@@ -299,204 +287,302 @@ class Shard:
         for ip in touched:
             self._retry(ip, decided)
 
+    def _hold_first_try(self, due: int, packed: bytes) -> None:
+        point = -(-due // self.DUE_GRID_MS) * self.DUE_GRID_MS
+        held = self.first_tries.get(point)
+        if held is None:
+            self.first_tries[point] = bytearray(packed)
+            heapq.heappush(self.first_try_points, point)
+        else:
+            held += packed
+        self.pending_count += 1
+
+    def _hold_until_deadline(self, p: PackedLookup) -> None:
+        ip = p.remote_ip
+        held = self.waiting.get(ip)
+        if held is None:
+            self.waiting[ip] = bytearray(p.raw)
+        else:
+            held += p.raw
+        point = -(-p.deadline // self.DUE_GRID_MS) * self.DUE_GRID_MS
+        if (point, ip) not in self.deadline_marks:
+            self.deadline_marks.add((point, ip))
+            heapq.heappush(self.deadlines, (point, ip))
+        self.pending_count += 1
+
+    def _let_go(self, p: PackedLookup) -> None:
+        """The lookup leaves the shard's holdings (answered, or given up)."""
+        self.pending_count -= 1
+        self._forget_unnamed(p)
+
+    def _forget_unnamed(self, p: PackedLookup) -> None:
+        if p.flags & UNNAMED:
+            left = self.unnamed[p.exporter] - 1
+            if left:
+                self.unnamed[p.exporter] = left
+            else:
+                del self.unnamed[p.exporter]
+
+    def _keep_report(self, key: bytes, item: Connection, arrival: int) -> None:
+        names = self.names
+        exporter = names.number(item.exporter)
+        value = report(item.start, names.number(item.workload), exporter)
+        period = arrival // self.prune_every_ms
+        if not self.reports or self.reports[-1][0] < period:
+            self.reports.append((period, {}))
+        held = self.reports[-1][1]
+        before = held.get(key)
+        if before is None:
+            held[key] = value
+        elif type(before) is list:
+            before.append(value)
+        else:
+            held[key] = [before, value]
+        self.report_count += 1
+        self.reports_of[exporter] = self.reports_of.get(exporter, 0) + 1
+        if self.report_count > self.max_connections:
+            self._evict_connections()
+
+    def _reports(self, key: bytes) -> list[int]:
+        found: list[int] = []
+        for _, held in self.reports:
+            value = held.get(key)
+            if value is not None:
+                if type(value) is list:
+                    found.extend(value)
+                else:
+                    found.append(value)
+        return found
+
+    def _drop_reports(self, key: bytes) -> None:
+        for _, held in self.reports:
+            value = held.pop(key, None)
+            if value is not None:
+                for v in value if type(value) is list else (value,):
+                    self._forget_reports(reporter(v), 1)
+
     def _count_eviction(self, kind: str) -> None:
         self.evicted[kind] = self.evicted.get(kind, 0) + 1
 
     def _evict_lookups(self, decided: list[Flow]) -> None:
         """Over the bound, as under a scan: a tenth of the bound is answered now, from what is known.
-        First the oldest lookups of the exporter asking most about addresses that no evidence names (a
-        scanner's: they are answered as their deadline would answer them), while still unnamed; the
-        lookups of every other host keep their wait. Only when there are none, the lookups due soonest."""
+        First the lookups of the exporter asking most about addresses that no evidence named when they
+        came (a scanner's), those due soonest first, while still unnamed: they are answered as their
+        deadline would answer them; the lookups of every other host keep their wait. Only when there are
+        none, the lookups due soonest."""
         target = max(1, self.max_pending // 10)
         killed = 0
         while killed < target and self.unnamed:
-            exporter = max(self.unnamed, key=lambda e: len(self.unnamed[e]))
-            queue = self.unnamed[exporter]
-            while queue and killed < target:
-                p = queue.popleft()
-                self.unnamed_candidates -= 1
-                if p.live and not self._named(p.flow):
-                    p.live = False
-                    decided.append(self._answer(p, final=True) or _no_owner(p.flow))
-                    killed += 1
-            if not queue:
-                del self.unnamed[exporter]
-        if killed:
-            # Their places in the heaps go too (and those of lookups answered since they waited there);
-            # in place: the heaps are held by reference while time advances.
-            self.first_tries[:] = [e for e in self.first_tries if e[2].live]
-            heapq.heapify(self.first_tries)
-            self.deadlines[:] = [e for e in self.deadlines if e[2].live]
-            heapq.heapify(self.deadlines)
-            for ip in [ip for ip, entries in self.waiting.items() if not all(e.live for e in entries)]:
-                entries = [e for e in self.waiting[ip] if e.live]
-                if entries:
-                    self.waiting[ip] = entries
-                else:
-                    del self.waiting[ip]
-        while len(self.first_tries) + len(self.deadlines) > self.max_pending:
-            if self.first_tries:
-                _, _, p = heapq.heappop(self.first_tries)
-            else:
-                _, _, p = heapq.heappop(self.deadlines)
-                if not p.live:
-                    continue  # already answered: its place in the heap was all that was left of it
-                ip = p.flow["remote_ip"]
-                entries = [e for e in self.waiting.get(ip, ()) if e is not p]
-                if entries:
-                    self.waiting[ip] = entries
-                else:
-                    self.waiting.pop(ip, None)
-            p.live = False
-            decided.append(self._answer(p, final=True) or _no_owner(p.flow))
+            exporter = max(self.unnamed, key=self.unnamed.__getitem__)
+            killed += self._evict_unnamed(exporter, target - killed, decided)
+        while self.pending_count > self.max_pending and self.first_try_points:
+            point = self.first_try_points[0]
+            held = self.first_tries[point]
+            size = HEAD.unpack_from(held)[0]
+            p = PackedLookup(bytes(held[:size]), 0, self.names)
+            del held[:size]
+            if not held:
+                del self.first_tries[point]
+                heapq.heappop(self.first_try_points)
+            decided.append(self._final(p))
             killed += 1
+        while self.pending_count > self.max_pending and self.deadlines:
+            point, ip = heapq.heappop(self.deadlines)
+            self.deadline_marks.discard((point, ip))
+            for p in lookups(self.waiting.pop(ip, b""), self.names):
+                decided.append(self._final(p))
+                killed += 1
         self.evicted["lookups"] = self.evicted.get("lookups", 0) + killed
+
+    def _evict_unnamed(self, exporter: str, target: int, decided: list[Flow]) -> int:
+        """Up to `target` of the exporter's lookups that came unnamed and still are, answered now; the
+        ones evidence has named since lose the mark and keep their wait."""
+        killed = 0
+        holdings: list[tuple[int | str, bytearray]] = [(point, self.first_tries[point]) for point in sorted(self.first_tries)]
+        holdings += list(self.waiting.items())
+        for where, held in holdings:
+            if killed >= target or exporter not in self.unnamed:
+                break
+            kept = bytearray()
+            for p in lookups(held, self.names):
+                if killed < target and p.flags & UNNAMED and p.exporter == exporter:
+                    if self._named_key(p):
+                        self._forget_unnamed(p)
+                        kept += with_flags(p.raw, p.flags & ~UNNAMED)
+                    else:
+                        decided.append(self._final(p))
+                        killed += 1
+                    continue
+                kept += p.raw
+            self._replace(where, kept)
+        return killed
+
+    def _replace(self, where: int | str, kept: bytearray) -> None:
+        if type(where) is int:
+            if kept:
+                self.first_tries[where] = kept
+            else:
+                del self.first_tries[where]
+                self.first_try_points.remove(where)
+                heapq.heapify(self.first_try_points)
+        elif kept:
+            self.waiting[where] = kept
+        else:
+            del self.waiting[where]
 
     def _named(self, flow: Flow) -> bool:
         """Whether any evidence here speaks of the flow's remote address."""
         ip = flow["remote_ip"]
         return (ip in self.ranges or ip in self.port_ranges or ip in self.events
-                or (ip, flow["remote_port"], flow["local_ip"], flow["local_port"]) in self.connections)
+                or bool(self._reports(connection_key(ip, flow["remote_port"], flow["local_ip"], flow["local_port"]))))
 
-    def _drop_report(self, key: ConnectionKey, report: tuple) -> bool:
-        reports = self.connections.get(key)
-        if reports is None or report not in reports:
-            return False  # evicted or pruned already
-        reports.remove(report)
-        if not reports:
-            del self.connections[key]
-        self.connection_count -= 1
-        return True
-
-    def _forget_gone_reports(self) -> None:
-        """The candidates for eviction are kept to what is still there: reports pruned by age go."""
-        for exporter in list(self.reports_by_exporter):
-            kept = deque(e for e in self.reports_by_exporter[exporter] if e[1] in self.connections.get(e[0], ()))
-            if kept:
-                self.reports_by_exporter[exporter] = kept
-            else:
-                del self.reports_by_exporter[exporter]
-        self.report_candidates = sum(len(d) for d in self.reports_by_exporter.values())
-
-    def _forget_answered_lookups(self) -> None:
-        for exporter in list(self.unnamed):
-            kept = deque(p for p in self.unnamed[exporter] if p.live)
-            if kept:
-                self.unnamed[exporter] = kept
-            else:
-                del self.unnamed[exporter]
-        self.unnamed_candidates = sum(len(d) for d in self.unnamed.values())
+    def _named_key(self, p: PackedLookup) -> bool:
+        ip = p.remote_ip
+        return ip in self.ranges or ip in self.port_ranges or ip in self.events or bool(self._reports(p.key))
 
     def _evict_connections(self) -> None:
         """Over the bound: a tenth of it goes, the oldest reports of the exporter that sent the most (a
         scanner's), so that the reports of every other host stay for the other end's lookup."""
         target = max(1, self.max_connections // 10)
         dropped = 0
-        while dropped < target and self.reports_by_exporter:
-            exporter = max(self.reports_by_exporter, key=lambda e: len(self.reports_by_exporter[e]))
-            mine = self.reports_by_exporter[exporter]
-            while mine and dropped < target:
-                self.report_candidates -= 1
-                dropped += self._drop_report(*mine.popleft())
-            if not mine:
-                del self.reports_by_exporter[exporter]
+        while dropped < target and self.reports_of:
+            exporter = max(self.reports_of, key=self.reports_of.__getitem__)
+            for _, held in self.reports:
+                for key in list(held):
+                    value = held[key]
+                    values = value if type(value) is list else (value,)
+                    kept = [v for v in values if reporter(v) != exporter]
+                    gone = len(values) - len(kept)
+                    if not gone:
+                        continue
+                    if kept:
+                        held[key] = kept if len(kept) > 1 else kept[0]
+                    else:
+                        del held[key]
+                    dropped += gone
+                    self._forget_reports(exporter, gone)
+                    if dropped >= target:
+                        break
+                if dropped >= target or exporter not in self.reports_of:
+                    break
         self.evicted["connections"] = self.evicted.get("connections", 0) + dropped
+
+    def _forget_reports(self, exporter: int, n: int) -> None:
+        self.report_count -= n
+        left = self.reports_of[exporter] - n
+        if left:
+            self.reports_of[exporter] = left
+        else:
+            del self.reports_of[exporter]
 
     def _decide_due(self, decided: list[Flow]) -> None:
         clock = self.now_ms
-        first_tries = self.first_tries
-        while first_tries and first_tries[0][0] <= clock:
-            _, seq, p = heapq.heappop(first_tries)
-            if not p.sampled:
-                self._sample_clocks(p)
-            answer = self._answer(p)
-            if answer is not None:
-                p.live = False
-                decided.append(answer)
-                continue
-            if p.deadline <= clock:
-                p.live = False
-                decided.append(self._answer(p, final=True) or _no_owner(p.flow))
-                continue
-            ip = p.flow["remote_ip"]
-            if clock < p.settle and ip in self.events and ip not in self.ranges and ip not in self.port_ranges:
-                heapq.heappush(first_tries, (p.settle, seq, p))  # try again once events have settled
-                continue
-            self.waiting.setdefault(ip, []).append(p)
-            heapq.heappush(self.deadlines, (p.deadline, seq, p))
+        points = self.first_try_points
+        names = self.names
+        while points and points[0] <= clock:
+            for p in lookups(self.first_tries.pop(heapq.heappop(points)), names):
+                self.pending_count -= 1
+                if not p.flags & SAMPLED:
+                    self._sample_clocks(p)
+                verdict = self._verdict(p)
+                if verdict is not None:
+                    self._forget_unnamed(p)
+                    decided.append(self._record(p, verdict))
+                    continue
+                if p.deadline <= clock:
+                    self._forget_unnamed(p)
+                    decided.append(self._record(p, self._verdict(p, final=True) or NOBODY))
+                    continue
+                ip = p.remote_ip
+                if not p.flags & SAMPLED:
+                    p = PackedLookup(with_flags(p.raw, p.flags | SAMPLED), 0, names)
+                if clock < p.settle and ip in self.events and ip not in self.ranges and ip not in self.port_ranges:
+                    self._hold_first_try(p.settle, p.raw)  # try again once events have settled
+                    continue
+                self._hold_until_deadline(p)
         deadlines = self.deadlines
         while deadlines and deadlines[0][0] <= clock:
-            _, _, p = heapq.heappop(deadlines)
-            if not p.live:
+            point, ip = heapq.heappop(deadlines)
+            self.deadline_marks.discard((point, ip))
+            held = self.waiting.get(ip)
+            if held is None:
                 continue
-            p.live = False
-            ip = p.flow["remote_ip"]
-            entries = [e for e in self.waiting.get(ip, ()) if e.live]
-            if entries:
-                self.waiting[ip] = entries
-            else:
-                self.waiting.pop(ip, None)
-            decided.append(self._answer(p, final=True) or _no_owner(p.flow))
+            kept = bytearray()
+            for p in lookups(held, names):
+                if p.deadline <= clock:
+                    decided.append(self._final(p))
+                else:
+                    kept += p.raw
+            self._replace(ip, kept)
+
+    def _final(self, p: PackedLookup) -> Flow:
+        self._let_go(p)
+        return self._record(p, self._verdict(p, final=True) or NOBODY)
+
+    def _record(self, p: PackedLookup, verdict: tuple) -> Flow:
+        return attributed(p.flow(self.names), *verdict)
 
     def _claimer(self, workload: str, exporter: str) -> tuple[str, str]:
         pair = (workload, exporter)
         return self.claimers.setdefault(pair, pair)
 
-    def _sample_clocks(self, p: Pending) -> None:
+    def _sample_clocks(self, p: PackedLookup) -> None:
         """The other host's report of this same connection, if it came, shows how the two clocks differ."""
-        p.sampled = True
-        flow = p.flow
-        reports = self.connections.get((flow["remote_ip"], flow["remote_port"], flow["local_ip"], flow["local_port"]))
-        for start, _, exporter in reports or ():
-            self.peers.observe(flow["exporter"], exporter, start - flow["start_ms"])
+        reports = self._reports(p.key)
+        if reports:
+            start_ms, names = p.start_ms(), self.names.names
+            for value in reports:
+                start, _, exporter = read_report(value)
+                self.peers.observe(p.exporter, names[exporter], start - start_ms)
 
     def _retry(self, ip: str, decided: list[Flow]) -> None:
-        still = []
-        for p in self.waiting[ip]:
-            if not p.live:
-                continue
-            answer = self._answer(p)
-            if answer is None:
-                still.append(p)
+        kept = bytearray()
+        for p in lookups(self.waiting[ip], self.names):
+            verdict = self._verdict(p)
+            if verdict is None:
+                kept += p.raw
             else:
-                p.live = False
-                decided.append(answer)
-        if still:
-            self.waiting[ip] = still
-        else:
-            del self.waiting[ip]
+                self._let_go(p)
+                decided.append(self._record(p, verdict))
+        self._replace(ip, kept)
 
-    def _answer(self, p: Pending, final: bool = False) -> Flow | None:
-        """The decision for one flow's remote address (docs/attribution.md, the decision table), or None
-        while no evidence covers its start. `final`: the last try (the deadline, or the end of input)."""
-        flow, start = p.flow, p.start
-        ip, port = flow["remote_ip"], flow["remote_port"]
+    def _verdict(self, p: PackedLookup, final: bool = False) -> tuple | None:
+        """The decision for one flow's remote address (docs/attribution.md, the decision table) as
+        `attributed`'s arguments, or None while no evidence covers its start. `final`: the last try (the
+        deadline, or the end of input)."""
+        start, ip, port = p.start, p.remote_ip, p.remote_port
         shared = ip in self.port_ranges
         spans = self._spans_for(ip, port) if shared else self.ranges.get(ip)
-        reports = self.connections.get((ip, port, flow["local_ip"], flow["local_port"]))
+        reports = self._reports(p.key)
         clock, reach = self.peers.clock, self.peers.bound_ms
-        looker = clock(flow["exporter"])
+        looker = clock(p.exporter)
         guard = self.guard_ms + (looker[1] if looker else 0)  # how far the flow's own start may be off
         if reports:
             names = set()
-            for s, w, exporter in reports:
-                reporter = clock(exporter)
+            workloads = self.names.names
+            for value in reports:
+                s, w, exporter = read_report(value)
+                reporter = clock(workloads[exporter])
                 if reporter is not None and abs(s - reporter[0] - start) <= self.window_ms + guard - self.guard_ms + reporter[1]:
-                    names.add(w)
+                    names.add(workloads[w])
             if len(names) > 1:
-                return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
+                self._drop_reports(p.key)
+                return UNATTRIBUTED, None, CONFLICT, "heartbeat"
             if names:
+                # The report has done its work: the one lookup it was for is answered (a repeat of the
+                # same connection is answered as flows without a report are).
+                self._drop_reports(p.key)
                 name = names.pop()
                 if spans and ownership.contradicted(spans, name, start, guard, clock, reach):
-                    return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
-                return attributed(flow, ATTRIBUTED_OUTCOME, name, None, "heartbeat", "connection")
+                    return UNATTRIBUTED, None, CONFLICT, "heartbeat"
+                return ATTRIBUTED_OUTCOME, name, None, "heartbeat", "connection"
         if spans:
             owner = ownership.owner_at(spans, start, guard, clock, reach)
             if owner is ownership.CONFLICT:
-                return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="heartbeat")
+                return UNATTRIBUTED, None, CONFLICT, "heartbeat"
             if owner is None:
                 return None
-            return attributed(flow, ATTRIBUTED_OUTCOME, owner, None, "heartbeat", "range")
+            return ATTRIBUTED_OUTCOME, owner, None, "heartbeat", "range"
         if shared or ip in self.ranges:
             return None
         # Assignment events speak only for addresses that never sent a heartbeat, and only once a
@@ -507,9 +593,9 @@ class Shard:
             # may have changed before or after it.
             owner = ownership.assigned_at(events, start - guard)
             if owner != ownership.assigned_at(events, start + guard):
-                return attributed(flow, UNATTRIBUTED, reason=CONFLICT, source="ip_event")
+                return UNATTRIBUTED, None, CONFLICT, "ip_event"
             if owner is not None:
-                return attributed(flow, ATTRIBUTED_OUTCOME, owner, None, "ip_event", "event")
+                return ATTRIBUTED_OUTCOME, owner, None, "ip_event", "event"
         return None
 
     def _spans_for(self, ip: str, port: int) -> list | None:
@@ -540,14 +626,15 @@ class Shard:
                     del self.port_ranges[ip]
             for ip in list(self.events):
                 ownership.prune_events(self.events[ip], horizon)
-        # A connection report is wanted only until the other side's lookup has been answered.
+        # A connection report is wanted only until the other side's lookup has been answered: a period
+        # goes once all of it arrived longer ago than a lookup can wait.
         report_horizon = at - self.max_wait_ms - self.delay_ms
-        order = self.connection_order
-        while order and order[0][0] < report_horizon:
-            _, key, report = order.popleft()
-            self._drop_report(key, report)
+        while self.reports and (self.reports[0][0] + 1) * self.prune_every_ms <= report_horizon:
+            _, held = self.reports.popleft()
+            for value in held.values():
+                for v in value if type(value) is list else (value,):
+                    self._forget_reports(reporter(v), 1)
         self.next_prune_ms = at + self.prune_every_ms
 
 
-def _no_owner(flow: Flow) -> Flow:
-    return attributed(flow, UNATTRIBUTED, reason=NO_OWNER)
+NOBODY = (UNATTRIBUTED, None, NO_OWNER)

@@ -109,10 +109,10 @@ def test_a_scan_and_a_flood_stay_within_the_bounds_and_leave_real_answers_alone(
     answers, scan, counts, evicted, shards, peak_rss_mb = run(real + hostile, fleet)
 
     for shard in shards.values():
-        assert len(shard.first_tries) + len(shard.deadlines) <= BOUNDS["max_pending_per_shard"]
-        assert shard.connection_count == sum(map(len, shard.connections.values())) <= BOUNDS["max_connections_per_shard"]
-        assert shard.unnamed_candidates <= 2 * BOUNDS["max_pending_per_shard"]
-        assert shard.report_candidates <= 2 * BOUNDS["max_connections_per_shard"]
+        held = [r for _, period in shard.reports for v in period.values() for r in (v if type(v) is list else [v])]
+        assert shard.report_count == len(held) == sum(shard.reports_of.values()) <= BOUNDS["max_connections_per_shard"]
+        assert shard.pending() <= BOUNDS["max_pending_per_shard"]
+        assert sum(shard.unnamed.values()) <= shard.pending()
         assert all(len(spans) <= 3 * BOUNDS["max_ranges_per_ip"] for spans in shard.ranges.values())
         assert all(len(by_port) <= BOUNDS["max_ranges_per_ip"] for by_port in shard.port_ranges.values())
     # Every flow answered once; the scan's as nobody's; the fleet's as without the scan.

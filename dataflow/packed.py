@@ -1,0 +1,180 @@
+"""The two things a shard holds per flow, packed: a lookup waiting for its decision (a fleet holds delay
+x rate of them) and a connection report kept for the other end's lookup. Neither keeps the decoded
+record: a lookup is a run of bytes in a shared buffer, rebuilt into a record only when it is answered,
+and a report is one integer under its connection's packed key."""
+
+from __future__ import annotations
+
+import struct
+from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
+from typing import Any, Iterator
+
+import orjson
+
+# What the decision reads: size, start on the corrected clock, deadline, settle, the asking exporter (as
+# a name number) and flags; then the connection key (remote ip, remote port, local ip, local port: the
+# key the other end's report is kept under); then the rest of the record.
+HEAD = struct.Struct("<HqqqIB")
+# The rest of a contract flow: start_ms, end_ms, bytes_sent, bytes_received, region and local_workload
+# (name numbers) and version; then the flow_id, and as JSON whatever else the flow carried. A record
+# outside the contract's shapes (the shard is handed only checked flows, but a shard owes nobody a crash)
+# is kept whole, as JSON.
+FIELDS = struct.Struct("<qqQQIIB")
+INBOUND, V6, UNNAMED, SAMPLED, WHOLE, LOCAL_V6 = 1, 2, 4, 8, 16, 32  # V6: the remote address
+FLAGS_AT = HEAD.size - 1
+NO_NAME = 0xFFFFFFFF
+# The fields packed in FIELDS and the key; anything else (pid, comm, open, local_ports, a refused local
+# claim, fields of a newer contract) travels as JSON at the end.
+PACKED = frozenset(
+    ("v", "kind", "flow_id", "exporter", "region", "local_ip", "local_port", "remote_ip", "remote_port",
+     "direction", "start_ms", "end_ms", "bytes_sent", "bytes_received", "local_workload")
+)
+_PORT = struct.Struct(">H")
+_ID_BITS = 24  # name numbers in a report: far more exporters and workloads than a fleet has
+_ID_MASK = (1 << _ID_BITS) - 1
+
+
+class Names:
+    """The strings flows repeat (exporters, regions, workloads), each kept once per shard and packed as
+    its number."""
+
+    __slots__ = ("numbers", "names")
+
+    def __init__(self) -> None:
+        self.numbers: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def number(self, name: str | None) -> int:
+        if name is None:
+            return NO_NAME
+        n = self.numbers.get(name)
+        if n is None:
+            n = self.numbers[name] = len(self.names)
+            if n > _ID_MASK:
+                raise ValueError(f"more than {_ID_MASK} distinct names in one shard")
+            self.names.append(name)
+        return n
+
+    def name(self, number: int) -> str | None:
+        return None if number == NO_NAME else self.names[number]
+
+
+def packed_ip(ip: str) -> bytes:
+    return inet_pton(AF_INET6 if ":" in ip else AF_INET, ip)
+
+
+def connection_key(ip: str, port: int, other_ip: str, other_port: int) -> bytes:
+    """(this end, the other end) of a connection as one host saw it."""
+    return packed_ip(ip) + _PORT.pack(port) + packed_ip(other_ip) + _PORT.pack(other_port)
+
+
+def pack_lookup(flow: dict[str, Any], start: int, deadline: int, settle: int, unnamed: bool, names: Names) -> bytes:
+    remote, local = flow["remote_ip"], flow["local_ip"]
+    key = connection_key(remote, flow["remote_port"], local, flow["local_port"])
+    flags = (V6 if ":" in remote else 0) | (LOCAL_V6 if ":" in local else 0) | (UNNAMED if unnamed else 0)
+    try:
+        body = _fields(flow, names)
+        if flow["direction"] == "inbound":
+            flags |= INBOUND
+    except (KeyError, TypeError, ValueError, AttributeError, struct.error):
+        body = orjson.dumps(flow)
+        flags |= WHOLE
+    size = HEAD.size + len(key) + len(body)
+    return HEAD.pack(size, start, deadline, settle, names.number(flow["exporter"]), flags) + key + body
+
+
+def _fields(flow: dict[str, Any], names: Names) -> bytes:
+    if flow["kind"] != "flow" or flow["direction"] not in ("inbound", "outbound"):
+        raise ValueError("not a contract flow")
+    flow_id = flow["flow_id"].encode()
+    if len(flow_id) > 255:
+        raise ValueError("a flow_id longer than a length byte")
+    tail = flow_id
+    if len(flow) != len(PACKED) or not PACKED.issuperset(flow):
+        extras = {k: v for k, v in flow.items() if k not in PACKED}
+        if extras:
+            tail = flow_id + orjson.dumps(extras)
+    head = FIELDS.pack(
+        flow["start_ms"], flow["end_ms"], flow["bytes_sent"], flow["bytes_received"],
+        names.number(flow["region"]), names.number(flow["local_workload"]), flow["v"],
+    )
+    return head + bytes((len(flow_id),)) + tail
+
+
+class PackedLookup:
+    """One packed lookup, read in place: what the decision needs, and the record when it is answered."""
+
+    __slots__ = ("data", "at", "size", "start", "deadline", "settle", "exporter", "flags", "key", "remote_ip", "remote_port")
+
+    def __init__(self, data: bytes | bytearray, at: int, names: Names):
+        self.data, self.at = data, at
+        size, start, deadline, settle, exporter, flags = HEAD.unpack_from(data, at)
+        self.size, self.start, self.deadline, self.settle, self.flags = size, start, deadline, settle, flags
+        self.exporter = names.names[exporter]
+        width = 16 if flags & V6 else 4
+        key_at = at + HEAD.size
+        self.key = bytes(data[key_at : key_at + width + (16 if flags & LOCAL_V6 else 4) + 4])
+        self.remote_ip = inet_ntop(AF_INET6 if width == 16 else AF_INET, self.key[:width])
+        self.remote_port = _PORT.unpack_from(self.key, width)[0]
+
+    @property
+    def raw(self) -> bytes:
+        return bytes(self.data[self.at : self.at + self.size])
+
+    def _body_at(self) -> int:
+        return self.at + HEAD.size + len(self.key)
+
+    def start_ms(self) -> int:
+        """The flow's start as its exporter's clock gave it."""
+        if self.flags & WHOLE:
+            return self.flow(None)["start_ms"]
+        return FIELDS.unpack_from(self.data, self._body_at())[0]
+
+    def flow(self, names: Names | None) -> dict[str, Any]:
+        """The flow record as it came (its fields in the contract's order)."""
+        data, at, end = self.data, self._body_at(), self.at + self.size
+        if self.flags & WHOLE:
+            return orjson.loads(bytes(data[at:end]))
+        start_ms, end_ms, sent, received, region, workload, v = FIELDS.unpack_from(data, at)
+        width = 16 if self.flags & V6 else 4
+        id_at = at + FIELDS.size
+        id_end = id_at + 1 + data[id_at]
+        flow = {
+            "v": v, "kind": "flow", "flow_id": bytes(data[id_at + 1 : id_end]).decode(),
+            "exporter": self.exporter, "region": names.name(region),
+            "local_ip": inet_ntop(AF_INET6 if self.flags & LOCAL_V6 else AF_INET, self.key[width + 2 : -2]),
+            "local_port": _PORT.unpack_from(self.key, len(self.key) - 2)[0],
+            "remote_ip": self.remote_ip, "remote_port": self.remote_port,
+            "direction": "inbound" if self.flags & INBOUND else "outbound",
+            "start_ms": start_ms, "end_ms": end_ms, "bytes_sent": sent, "bytes_received": received,
+            "local_workload": names.name(workload),
+        }
+        if id_end < end:
+            flow.update(orjson.loads(bytes(data[id_end:end])))
+        return flow
+
+
+def with_flags(raw: bytes, flags: int) -> bytes:
+    return raw[:FLAGS_AT] + bytes((flags,)) + raw[FLAGS_AT + 1 :]
+
+
+def lookups(data: bytes | bytearray, names: Names) -> Iterator[PackedLookup]:
+    at, end = 0, len(data)
+    while at < end:
+        lookup = PackedLookup(data, at, names)
+        yield lookup
+        at += lookup.size
+
+
+def report(start: int, workload: int, exporter: int) -> int:
+    """A connection report as one integer: the reporter's start, its workload and its exporter."""
+    return (start << (2 * _ID_BITS)) | (workload << _ID_BITS) | exporter
+
+
+def read_report(value: int) -> tuple[int, int, int]:
+    return value >> (2 * _ID_BITS), (value >> _ID_BITS) & _ID_MASK, value & _ID_MASK
+
+
+def reporter(value: int) -> int:
+    """The exporter number of a packed report."""
+    return value & _ID_MASK
