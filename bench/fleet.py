@@ -11,14 +11,14 @@ import orjson
 
 from bench.harness import REPO  # noqa: F401 - puts the repository on the path
 from dataflow import simulate as sim
-from dataflow.config import Config, load_config
+from dataflow.config import AttributionConfig, Config, load_config
 
-# The fleet reports every 10 s instead of every minute, and the delay and the wait shrink with it, so
-# that the end of a backfill (event time idling past the last lookups' start + delay) stays short.
-# The sustained and memory benchmarks run at the defaults.
+# The fleet reports every 10 s instead of every minute, so that ten minutes of it hold many batches; the
+# job runs at the default delay and max wait, so a run ends only once the lookups nothing answered have
+# waited out their max wait on the arrival clock.
 INTERVAL_S = 10
-DELAY_S = 10.0
-MAX_WAIT_S = 20.0
+DELAY_S = AttributionConfig().delay_s
+MAX_WAIT_S = AttributionConfig().max_wait_s
 RAW_PARTITIONS = 6
 CEILING_FORWARDED = "ceiling.forwarded"  # the ceilings' copy of the forward input topic
 

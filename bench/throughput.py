@@ -114,9 +114,9 @@ def run(records: fleet.Records, workdir: Path, bootstrap: str | None, repeat: in
     guarded("file mode", lambda: median_run(lambda: file_mode(records, workdir, profile=False), repeat), figures)
     guarded("file mode, cProfile", lambda: file_mode(records, workdir, profile=True), figures)
     if bootstrap:
-        guarded("kafka, 1 process", lambda: median_run(lambda: end_to_end(bootstrap, records, workdir, 1, 300), repeat),
+        guarded("kafka, 1 process", lambda: median_run(lambda: end_to_end(bootstrap, records, workdir, 1, 600), repeat),
                 figures)
-        guarded("kafka, 1 process, cProfile", lambda: end_to_end(bootstrap, records, workdir, 1, 300, profile=True), figures)
+        guarded("kafka, 1 process, cProfile", lambda: end_to_end(bootstrap, records, workdir, 1, 600, profile=True), figures)
     return figures
 
 
