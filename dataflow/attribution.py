@@ -7,7 +7,6 @@ given up as unattributed at the maximum wait. Never guess: contradicting evidenc
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from typing import Any, NamedTuple
 
 from dataflow import ownership
@@ -22,6 +21,7 @@ from dataflow.packed import (
     connection_key,
     lookups,
     pack_lookup,
+    period_before,
     read_report,
     report,
     reporter,
@@ -128,9 +128,9 @@ class Shard:
         self.port_ranges: dict[str, dict[Ports, list]] = {}  # shared IPv4 addresses, by port range
         self.events: dict[str, list] = {}
         self.names = Names()
-        # Connection reports by the prune period they arrived in, oldest first; each period maps packed
-        # connection keys to a report (or a list of them), so that pruning lets a whole period go.
-        self.reports: deque[tuple[int, dict[bytes, Any]]] = deque()
+        # Connection reports under their packed connection keys, oldest first: a report (or a list of
+        # them), each carrying the prune period it arrived in.
+        self.reports: dict[bytes, Any] = {}
         self.report_count = 0
         self.reports_of: dict[int, int] = {}  # reports held, by exporter number: what a flood's bound evicts
         # Lookups before their first try, packed, by the grid point they are due at (and a heap of those).
@@ -326,11 +326,8 @@ class Shard:
     def _keep_report(self, key: bytes, item: Connection, arrival: int) -> None:
         names = self.names
         exporter = names.number(item.exporter)
-        value = report(item.start, names.number(item.workload), exporter)
-        period = arrival // self.prune_every_ms
-        if not self.reports or self.reports[-1][0] < period:
-            self.reports.append((period, {}))
-        held = self.reports[-1][1]
+        value = report(item.start, names.number(item.workload), exporter, arrival // self.prune_every_ms)
+        held = self.reports
         before = held.get(key)
         if before is None:
             held[key] = value
@@ -343,23 +340,16 @@ class Shard:
         if self.report_count > self.max_connections:
             self._evict_connections()
 
-    def _reports(self, key: bytes) -> list[int]:
-        found: list[int] = []
-        for _, held in self.reports:
-            value = held.get(key)
-            if value is not None:
-                if type(value) is list:
-                    found.extend(value)
-                else:
-                    found.append(value)
-        return found
+    def _reports(self, key: bytes) -> list[int] | tuple[int, ...]:
+        value = self.reports.get(key)
+        if value is None:
+            return ()
+        return value if type(value) is list else (value,)
 
     def _drop_reports(self, key: bytes) -> None:
-        for _, held in self.reports:
-            value = held.pop(key, None)
-            if value is not None:
-                for v in value if type(value) is list else (value,):
-                    self._forget_reports(reporter(v), 1)
+        for v in self._reports(key):
+            self._forget_reports(reporter(v), 1)
+        self.reports.pop(key, None)
 
     def _count_eviction(self, kind: str) -> None:
         self.evicted[kind] = self.evicted.get(kind, 0) + 1
@@ -447,23 +437,20 @@ class Shard:
         dropped = 0
         while dropped < target and self.reports_of:
             exporter = max(self.reports_of, key=self.reports_of.__getitem__)
-            for _, held in self.reports:
-                for key in list(held):
-                    value = held[key]
-                    values = value if type(value) is list else (value,)
-                    kept = [v for v in values if reporter(v) != exporter]
-                    gone = len(values) - len(kept)
-                    if not gone:
-                        continue
-                    if kept:
-                        held[key] = kept if len(kept) > 1 else kept[0]
-                    else:
-                        del held[key]
-                    dropped += gone
-                    self._forget_reports(exporter, gone)
-                    if dropped >= target:
-                        break
-                if dropped >= target or exporter not in self.reports_of:
+            held = self.reports
+            for key in list(held):
+                values = self._reports(key)
+                kept = [v for v in values if reporter(v) != exporter]
+                gone = len(values) - len(kept)
+                if not gone:
+                    continue
+                if kept:
+                    held[key] = kept if len(kept) > 1 else kept[0]
+                else:
+                    del held[key]
+                dropped += gone
+                self._forget_reports(exporter, gone)
+                if dropped >= target:
                     break
         self.evicted["connections"] = self.evicted.get("connections", 0) + dropped
 
@@ -628,12 +615,22 @@ class Shard:
                 ownership.prune_events(self.events[ip], horizon)
         # A connection report is wanted only until the other side's lookup has been answered: a period
         # goes once all of it arrived longer ago than a lookup can wait.
+        # A report arrived in period p is kept while its whole period is within delay + max wait.
         report_horizon = at - self.max_wait_ms - self.delay_ms
-        while self.reports and (self.reports[0][0] + 1) * self.prune_every_ms <= report_horizon:
-            _, held = self.reports.popleft()
-            for value in held.values():
-                for v in value if type(value) is list else (value,):
+        oldest_kept = report_horizon // self.prune_every_ms
+        held = self.reports
+        for key in list(held):
+            values = self._reports(key)
+            kept = [v for v in values if not period_before(v, oldest_kept)]
+            if len(kept) == len(values):
+                continue
+            for v in values:
+                if period_before(v, oldest_kept):
                     self._forget_reports(reporter(v), 1)
+            if kept:
+                held[key] = kept if len(kept) > 1 else kept[0]
+            else:
+                del held[key]
         self.next_prune_ms = at + self.prune_every_ms
 
 

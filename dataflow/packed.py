@@ -32,6 +32,8 @@ PACKED = frozenset(
 _PORT = struct.Struct(">H")
 _ID_BITS = 24  # name numbers in a report: far more exporters and workloads than a fleet has
 _ID_MASK = (1 << _ID_BITS) - 1
+_PERIOD_BITS = 16
+_PERIOD_MASK = (1 << _PERIOD_BITS) - 1
 
 
 class Names:
@@ -166,15 +168,22 @@ def lookups(data: bytes | bytearray, names: Names) -> Iterator[PackedLookup]:
         at += lookup.size
 
 
-def report(start: int, workload: int, exporter: int) -> int:
-    """A connection report as one integer: the reporter's start, its workload and its exporter."""
-    return (start << (2 * _ID_BITS)) | (workload << _ID_BITS) | exporter
+def report(start: int, workload: int, exporter: int, period: int) -> int:
+    """A connection report as one integer: the reporter's start, its workload and exporter (name numbers)
+    and the prune period it arrived in (modulo 2**16: a report lives a few periods)."""
+    return (((start << (2 * _ID_BITS)) | (workload << _ID_BITS) | exporter) << _PERIOD_BITS) | (period & _PERIOD_MASK)
 
 
 def read_report(value: int) -> tuple[int, int, int]:
+    value >>= _PERIOD_BITS
     return value >> (2 * _ID_BITS), (value >> _ID_BITS) & _ID_MASK, value & _ID_MASK
 
 
 def reporter(value: int) -> int:
     """The exporter number of a packed report."""
-    return value & _ID_MASK
+    return (value >> _PERIOD_BITS) & _ID_MASK
+
+
+def period_before(value: int, period: int) -> bool:
+    """Whether the report arrived in a period before `period` (which is at most 2**15 periods later)."""
+    return 0 < (period - value) & _PERIOD_MASK < 1 << (_PERIOD_BITS - 1)

@@ -12,6 +12,7 @@ from dataflow.packed import (
     connection_key,
     lookups,
     pack_lookup,
+    period_before,
     read_report,
     report,
     reporter,
@@ -83,8 +84,11 @@ def test_a_record_outside_the_contract_shape_is_kept_whole():
         assert p.flow(table) == flow and p.start_ms() == flow["start_ms"]
 
 
-@given(st.integers(-(2**50), 2**50), st.integers(0, 2**24 - 1), st.integers(0, 2**24 - 1))
-def test_a_report_is_one_integer_and_reads_back(start, workload, exporter):
-    value = report(start, workload, exporter)
+@given(st.integers(-(2**50), 2**50), st.integers(0, 2**24 - 1), st.integers(0, 2**24 - 1), st.integers(0, 2**40),
+       st.integers(1, 2**15 - 1))
+def test_a_report_is_one_integer_and_reads_back(start, workload, exporter, period, later):
+    value = report(start, workload, exporter, period)
     assert read_report(value) == (start, workload, exporter)
     assert reporter(value) == exporter
+    assert period_before(value, period + later)
+    assert not period_before(value, period) and not period_before(value, period - 1)
