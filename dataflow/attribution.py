@@ -268,8 +268,14 @@ class Shard:
                 arrival = work.arrival_ms
                 first = first_try_ms(start, arrival, self.delay_ms)
                 settle = first_try_ms(start, arrival, self.event_settle_ms)
-                unnamed = not self._named(flow)
-                packed = pack_lookup(flow, start, first + self.max_wait_ms - self.delay_ms, settle, unnamed, self.names)
+                key = connection_key(flow["remote_ip"], flow["remote_port"], flow["local_ip"], flow["local_port"])
+                unnamed = not self._named(flow["remote_ip"], key, ())
+                # The other end's reports that came first go along with the lookup: no table entry to keep.
+                carried = self._reports(key)
+                if carried:
+                    self._drop_reports(key)
+                packed = pack_lookup(flow, key, start, first + self.max_wait_ms - self.delay_ms, settle, unnamed,
+                                     carried, self.names)
                 self._hold_first_try(first, packed)
                 if unnamed:
                     self.unnamed[flow["exporter"]] = self.unnamed.get(flow["exporter"], 0) + 1
@@ -396,7 +402,7 @@ class Shard:
             kept = bytearray()
             for p in lookups(held, self.names):
                 if killed < target and p.flags & UNNAMED and p.exporter == exporter:
-                    if self._named_key(p):
+                    if self._named(p.remote_ip, p.key, p.carried):
                         self._forget_unnamed(p)
                         kept += with_flags(p.raw, p.flags & ~UNNAMED)
                     else:
@@ -420,15 +426,9 @@ class Shard:
         else:
             del self.waiting[where]
 
-    def _named(self, flow: Flow) -> bool:
-        """Whether any evidence here speaks of the flow's remote address."""
-        ip = flow["remote_ip"]
-        return (ip in self.ranges or ip in self.port_ranges or ip in self.events
-                or bool(self._reports(connection_key(ip, flow["remote_port"], flow["local_ip"], flow["local_port"]))))
-
-    def _named_key(self, p: PackedLookup) -> bool:
-        ip = p.remote_ip
-        return ip in self.ranges or ip in self.port_ranges or ip in self.events or bool(self._reports(p.key))
+    def _named(self, ip: str, key: bytes, carried: tuple[int, ...]) -> bool:
+        """Whether any evidence here speaks of the address a lookup asks about."""
+        return bool(ip in self.ranges or ip in self.port_ranges or ip in self.events or carried or key in self.reports)
 
     def _evict_connections(self) -> None:
         """Over the bound: a tenth of it goes, the oldest reports of the exporter that sent the most (a
@@ -515,7 +515,7 @@ class Shard:
 
     def _sample_clocks(self, p: PackedLookup) -> None:
         """The other host's report of this same connection, if it came, shows how the two clocks differ."""
-        reports = self._reports(p.key)
+        reports = p.carried + tuple(self._reports(p.key))
         if reports:
             start_ms, names = p.start_ms(), self.names.names
             for value in reports:
@@ -540,7 +540,7 @@ class Shard:
         start, ip, port = p.start, p.remote_ip, p.remote_port
         shared = ip in self.port_ranges
         spans = self._spans_for(ip, port) if shared else self.ranges.get(ip)
-        reports = self._reports(p.key)
+        reports = p.carried + tuple(self._reports(p.key))
         clock, reach = self.peers.clock, self.peers.bound_ms
         looker = clock(p.exporter)
         guard = self.guard_ms + (looker[1] if looker else 0)  # how far the flow's own start may be off

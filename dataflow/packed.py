@@ -13,14 +13,18 @@ import orjson
 
 # What the decision reads: size, start on the corrected clock, deadline, settle, the asking exporter (as
 # a name number) and flags; then the connection key (remote ip, remote port, local ip, local port: the
-# key the other end's report is kept under); then the rest of the record.
+# key the other end's report is kept under); then, when it carries them (CARRIES), the other end's
+# reports that had come before the lookup (a count, then start, workload and exporter of each); then the
+# rest of the record.
 HEAD = struct.Struct("<HqqqIB")
-# The rest of a contract flow: start_ms, end_ms, bytes_sent, bytes_received, region and local_workload
-# (name numbers) and version; then the flow_id, and as JSON whatever else the flow carried. A record
-# outside the contract's shapes (the shard is handed only checked flows, but a shard owes nobody a crash)
-# is kept whole, as JSON.
-FIELDS = struct.Struct("<qqQQIIB")
-INBOUND, V6, UNNAMED, SAMPLED, WHOLE, LOCAL_V6 = 1, 2, 4, 8, 16, 32  # V6: the remote address
+# The rest of a contract flow: start_ms (less the corrected start: the exporter's offset), its length,
+# bytes_sent, bytes_received, region and local_workload (name numbers) and version; then the flow_id,
+# and as JSON whatever else the flow carried. A record whose figures do not fit (a connection open for
+# 49 days, or of 4 GiB) or outside the contract's shapes (the shard is handed only checked flows, but a
+# shard owes nobody a crash) is kept whole, as JSON.
+FIELDS = struct.Struct("<iIIIIIB")
+INBOUND, V6, UNNAMED, SAMPLED, WHOLE, LOCAL_V6, CARRIES = 1, 2, 4, 8, 16, 32, 64  # V6: the remote address
+CARRIED = struct.Struct("<qII")
 FLAGS_AT = HEAD.size - 1
 NO_NAME = 0xFFFFFFFF
 # The fields packed in FIELDS and the key; anything else (pid, comm, open, local_ports, a refused local
@@ -70,22 +74,29 @@ def connection_key(ip: str, port: int, other_ip: str, other_port: int) -> bytes:
     return packed_ip(ip) + _PORT.pack(port) + packed_ip(other_ip) + _PORT.pack(other_port)
 
 
-def pack_lookup(flow: dict[str, Any], start: int, deadline: int, settle: int, unnamed: bool, names: Names) -> bytes:
+def pack_lookup(flow: dict[str, Any], key: bytes, start: int, deadline: int, settle: int, unnamed: bool,
+                carried: tuple[int, ...] | list[int], names: Names) -> bytes:
+    """`key`: the flow's connection key from the remote end; `start`: the flow's start on the corrected
+    clock; `carried`: reports (packed) the lookup takes along."""
     remote, local = flow["remote_ip"], flow["local_ip"]
-    key = connection_key(remote, flow["remote_port"], local, flow["local_port"])
     flags = (V6 if ":" in remote else 0) | (LOCAL_V6 if ":" in local else 0) | (UNNAMED if unnamed else 0)
+    if carried:
+        flags |= CARRIES
+        key = key + bytes((len(carried),)) + b"".join(CARRIED.pack(*read_report(v)) for v in carried)
     try:
-        body = _fields(flow, names)
+        body = _fields(flow, start, names)
         if flow["direction"] == "inbound":
             flags |= INBOUND
     except (KeyError, TypeError, ValueError, AttributeError, struct.error):
         body = orjson.dumps(flow)
         flags |= WHOLE
     size = HEAD.size + len(key) + len(body)
+    if size > 0xFFFF:
+        raise ValueError("a lookup of more than 64 KiB")
     return HEAD.pack(size, start, deadline, settle, names.number(flow["exporter"]), flags) + key + body
 
 
-def _fields(flow: dict[str, Any], names: Names) -> bytes:
+def _fields(flow: dict[str, Any], start: int, names: Names) -> bytes:
     if flow["kind"] != "flow" or flow["direction"] not in ("inbound", "outbound"):
         raise ValueError("not a contract flow")
     flow_id = flow["flow_id"].encode()
@@ -97,7 +108,7 @@ def _fields(flow: dict[str, Any], names: Names) -> bytes:
         if extras:
             tail = flow_id + orjson.dumps(extras)
     head = FIELDS.pack(
-        flow["start_ms"], flow["end_ms"], flow["bytes_sent"], flow["bytes_received"],
+        flow["start_ms"] - start, flow["end_ms"] - flow["start_ms"], flow["bytes_sent"], flow["bytes_received"],
         names.number(flow["region"]), names.number(flow["local_workload"]), flow["v"],
     )
     return head + bytes((len(flow_id),)) + tail
@@ -106,7 +117,8 @@ def _fields(flow: dict[str, Any], names: Names) -> bytes:
 class PackedLookup:
     """One packed lookup, read in place: what the decision needs, and the record when it is answered."""
 
-    __slots__ = ("data", "at", "size", "start", "deadline", "settle", "exporter", "flags", "key", "remote_ip", "remote_port")
+    __slots__ = ("data", "at", "size", "start", "deadline", "settle", "exporter", "flags", "key", "remote_ip",
+                 "remote_port", "carried", "body_at")
 
     def __init__(self, data: bytes | bytearray, at: int, names: Names):
         self.data, self.at = data, at
@@ -118,26 +130,30 @@ class PackedLookup:
         self.key = bytes(data[key_at : key_at + width + (16 if flags & LOCAL_V6 else 4) + 4])
         self.remote_ip = inet_ntop(AF_INET6 if width == 16 else AF_INET, self.key[:width])
         self.remote_port = _PORT.unpack_from(self.key, width)[0]
+        self.body_at = key_at + len(self.key)
+        self.carried: tuple[int, ...] = ()
+        if flags & CARRIES:
+            n = data[self.body_at]
+            self.carried = tuple(report(*CARRIED.unpack_from(data, self.body_at + 1 + i * CARRIED.size), 0) for i in range(n))
+            self.body_at += 1 + n * CARRIED.size
 
     @property
     def raw(self) -> bytes:
         return bytes(self.data[self.at : self.at + self.size])
 
-    def _body_at(self) -> int:
-        return self.at + HEAD.size + len(self.key)
-
     def start_ms(self) -> int:
         """The flow's start as its exporter's clock gave it."""
         if self.flags & WHOLE:
             return self.flow(None)["start_ms"]
-        return FIELDS.unpack_from(self.data, self._body_at())[0]
+        return self.start + FIELDS.unpack_from(self.data, self.body_at)[0]
 
     def flow(self, names: Names | None) -> dict[str, Any]:
         """The flow record as it came (its fields in the contract's order)."""
-        data, at, end = self.data, self._body_at(), self.at + self.size
+        data, at, end = self.data, self.body_at, self.at + self.size
         if self.flags & WHOLE:
             return orjson.loads(bytes(data[at:end]))
-        start_ms, end_ms, sent, received, region, workload, v = FIELDS.unpack_from(data, at)
+        offset, length, sent, received, region, workload, v = FIELDS.unpack_from(data, at)
+        start_ms = self.start + offset
         width = 16 if self.flags & V6 else 4
         id_at = at + FIELDS.size
         id_end = id_at + 1 + data[id_at]
@@ -148,7 +164,7 @@ class PackedLookup:
             "local_port": _PORT.unpack_from(self.key, len(self.key) - 2)[0],
             "remote_ip": self.remote_ip, "remote_port": self.remote_port,
             "direction": "inbound" if self.flags & INBOUND else "outbound",
-            "start_ms": start_ms, "end_ms": end_ms, "bytes_sent": sent, "bytes_received": received,
+            "start_ms": start_ms, "end_ms": start_ms + length, "bytes_sent": sent, "bytes_received": received,
             "local_workload": names.name(workload),
         }
         if id_end < end:
