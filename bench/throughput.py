@@ -21,6 +21,31 @@ from dataflow import simulate as sim
 from dataflow.config import FilesConfig
 
 TARGET_PER_CORE = 100_000
+# Where the job's time goes, by the cumulative time of the function that does each stage (the largest, when
+# a name is defined more than once in its module: the outermost). Nested stages are shown under theirs.
+STAGES = (
+    ("route: decode, place addresses, weigh trust, group by shard", "dataflow/routing.py", "route", 0),
+    ("decode and check the records", "dataflow/records.py", "decode_message", 1),
+    ("apply evidence to shards, hold lookups (retries it triggers included)", "dataflow/attribution.py", "_apply", 0),
+    ("decide due lookups", "dataflow/attribution.py", "_decide_due", 0),
+    ("compare the two ends' clocks", "dataflow/attribution.py", "_sample_clocks", 1),
+    ("rebuild answered records", "dataflow/attribution.py", "_record", 1),
+    ("encode answers into output messages", "dataflow/flow.py", "_messages", 0),
+    ("write answers to files", "dataflow/file_io.py", "write_batch", 0),
+)
+
+
+def stages(stats: pstats.Stats) -> dict[str, Any]:
+    """Each stage's share of the profiled time; what no stage holds is the runtime, Kafka and the rest."""
+    cumulative: dict[tuple[str, str], float] = {}
+    for (path, _, name), (_, _, _, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
+        key = (path.replace(str(fleet.REPO) + "/", ""), name)
+        cumulative[key] = max(cumulative.get(key, 0.0), ct)
+    total = max(stats.total_tt, 1e-9)  # type: ignore[attr-defined]
+    shares = [(label, depth, cumulative[(path, name)] / total) for label, path, name, depth in STAGES
+              if (path, name) in cumulative]
+    top = sum(share for _, depth, share in shares if depth == 0)
+    return {"total_s": total, "shares": shares, "rest": max(0.0, 1 - top)}
 
 
 @dataclass
@@ -75,8 +100,10 @@ def end_to_end(bootstrap: str, records: fleet.Records, workdir: Path, processes:
         result["steady_flows_per_cpu_s"] = (hi[1] - lo[1]) / max(hi[2] - lo[2], 1e-9)
     if profile and profile_path.exists():
         text = io.StringIO()
-        pstats.Stats(str(profile_path), stream=text).sort_stats("tottime").print_stats(22)
+        stats = pstats.Stats(str(profile_path), stream=text)
+        stats.sort_stats("tottime").print_stats(22)
         result["profile"] = trim_profile(text.getvalue())
+        result["stages"] = stages(stats)
     return result
 
 
@@ -104,8 +131,10 @@ def file_mode(records: fleet.Records, workdir: Path, profile: bool) -> dict[str,
     result = {"wall_s": wall, "cpu_s": cpu, "flows": answered, "complete": answered == records.flows}
     if profiler:
         text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(22)
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("tottime").print_stats(22)
         result["profile"] = trim_profile(text.getvalue())
+        result["stages"] = stages(stats)
     return result
 
 
@@ -146,6 +175,38 @@ def table(figures: dict[str, Any]) -> list[str]:
     return rows
 
 
+def stage_table(figures: dict[str, Any], core: float | None) -> list[str]:
+    """The profiled runs' stages side by side, with what each costs a flow at the unprofiled rate."""
+    runs = [(name, figures[name]["stages"]) for name in ("kafka, 1 process, cProfile", "file mode, cProfile")
+            if figures.get(name, {}).get("stages")]
+    if not runs:
+        return []
+    per_flow = {"kafka, 1 process, cProfile": 1e6 / core if core else None}
+    file_mode_run = figures.get("file mode", {})
+    if file_mode_run.get("cpu_s"):
+        per_flow["file mode, cProfile"] = 1e6 * file_mode_run["cpu_s"] / file_mode_run["flows"]
+    labels: list[tuple[str, int]] = []
+    for _, st in runs:
+        for label, depth, _ in st["shares"]:
+            if (label, depth) not in labels:
+                labels.append((label, depth))
+    head = "| stage | " + " | ".join(f"{name}: share | µs a flow" for name, _ in runs) + " |"
+    rows = [head, "|---|" + "---:|---:|" * len(runs)]
+    for label, depth in labels + [("the runtime (Bytewax), Kafka clients and the rest", 0)]:
+        cells = []
+        for name, st in runs:
+            share = st["rest"] if label.startswith("the runtime") else next(
+                (x for l, d, x in st["shares"] if l == label), None)
+            us = per_flow.get(name)
+            cells.append("- | -" if share is None else f"{100 * share:.0f}% | {share * us:.1f}" if us else f"{100 * share:.0f}% | -")
+        rows.append(f"| {'&nbsp;&nbsp;of which: ' if depth else ''}{label} | " + " | ".join(cells) + " |")
+    return ["### Where the time goes", "",
+            "Shares of each profiled run's time by stage (cumulative time of the function doing it), and what",
+            "that share is of one flow's cost in the unprofiled run of the same mode (the median above). The",
+            f"goal allows {1e6 / TARGET_PER_CORE:.0f} µs a flow in all.", "",
+            *rows, ""]
+
+
 def render(record: dict[str, Any]) -> str:
     figures = record["figures"]
     r = figures["records"]
@@ -153,7 +214,7 @@ def render(record: dict[str, Any]) -> str:
     verdict = ("not measured" if core is None else f"**met**: {core:,.0f}" if core >= TARGET_PER_CORE
                else f"**missed** by {TARGET_PER_CORE / core:.1f}x: {core:,.0f} flows per CPU second, "
                     f"{1e6 / core:.0f} µs a flow against {1e6 / TARGET_PER_CORE:.0f}")
-    profiles = []
+    profiles = stage_table(figures, core)
     for name in ("file mode, cProfile", "kafka, 1 process, cProfile"):
         if figures.get(name, {}).get("profile"):
             profiles += [f"### Profile: {name} (top functions by own time)", "", "```", figures[name]["profile"], "```", ""]
