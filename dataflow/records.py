@@ -154,10 +154,12 @@ class Flow(msgspec.Struct, tag_field="kind", tag=FLOW):
     pid: int | UnsetType = UNSET
     comm: str | UnsetType = UNSET
 
-    def checked(self, bounds: TimeBounds, canonical, chars: int) -> dict[str, Any]:
+    def text_chars(self) -> int:
         # UNSET and None are falsy: an absent field counts as an empty string.
-        _fits(chars, self.flow_id, self.exporter, self.region, self.local_ip, self.remote_ip, self.local_workload or "",
-              self.comm or "")
+        return (len(self.flow_id) + len(self.exporter) + len(self.region) + len(self.local_ip) + len(self.remote_ip)
+                + len(self.local_workload or "") + len(self.comm or ""))
+
+    def checked(self, bounds: TimeBounds, canonical) -> dict[str, Any]:
         local_ip, local_family = canonical(self.local_ip, "local_ip")
         remote_ip, remote_family = canonical(self.remote_ip, "remote_ip")
         if local_family != remote_family:
@@ -185,8 +187,10 @@ class Heartbeat(msgspec.Struct, tag_field="kind", tag=HEARTBEAT):
     end_ms: Millis
     ports: PortRange | UnsetType = UNSET
 
-    def checked(self, bounds: TimeBounds, canonical, chars: int) -> dict[str, Any]:
-        _fits(chars, self.exporter, self.region, self.ip, self.workload)
+    def text_chars(self) -> int:
+        return len(self.exporter) + len(self.region) + len(self.ip) + len(self.workload)
+
+    def checked(self, bounds: TimeBounds, canonical) -> dict[str, Any]:
         ip, family = canonical(self.ip, "ip")
         _span(self.start_ms, self.end_ms, bounds)
         out = msgspec.to_builtins(self)
@@ -206,8 +210,10 @@ class IpEvent(msgspec.Struct, tag_field="kind", tag=IP_EVENT):
     action: Literal["assigned", "unassigned"]
     time_ms: Millis
 
-    def checked(self, bounds: TimeBounds, canonical, chars: int) -> dict[str, Any]:
-        _fits(chars, self.ip, self.owner)
+    def text_chars(self) -> int:
+        return len(self.ip) + len(self.owner)
+
+    def checked(self, bounds: TimeBounds, canonical) -> dict[str, Any]:
         ip, _ = canonical(self.ip, "ip")
         _time("time_ms", self.time_ms, bounds)
         out = msgspec.to_builtins(self)
@@ -223,8 +229,10 @@ class Entitlement(msgspec.Struct, tag_field="kind", tag=ENTITLEMENT):
     exporter: Name
     cidrs: list[str]
 
-    def checked(self, bounds: TimeBounds | None, canonical, chars: int) -> dict[str, Any]:
-        _fits(chars, self.exporter, *self.cidrs)
+    def text_chars(self) -> int:
+        return len(self.exporter) + sum(map(len, self.cidrs))
+
+    def checked(self, bounds: TimeBounds | None, canonical) -> dict[str, Any]:
         out = msgspec.to_builtins(self)
         try:
             out["cidrs"] = [str(ip_network(cidr, strict=False)) for cidr in self.cidrs]
@@ -296,7 +304,7 @@ def decode_message(
     if isinstance(parsed, dict):
         try:
             check_size(parsed, limits)
-            return [check_record(parsed, origin.role, bounds, canonical, limits)], []
+            return [check_record(parsed, origin.role, bounds, canonical)], []
         except BadRecord as e:
             return [], [DeadLetter.of(e.reason, e.detail, value, origin, keep)]
     if not isinstance(parsed, list):
@@ -317,7 +325,7 @@ def decode_message(
             dead.append(DeadLetter.of(e.reason, e.detail, original, origin, keep, index))
             continue
         try:
-            records.append(check_record(element, origin.role, bounds, canonical, limits))
+            records.append(check_record(element, origin.role, bounds, canonical))
         except BadRecord as e:
             dead.append(DeadLetter.of(e.reason, e.detail, orjson.dumps(element), origin, keep, index))
     return records, dead
@@ -337,9 +345,10 @@ def _decode_exact(value: bytes, role: str, bounds: TimeBounds, canonical, limits
     records = []
     try:
         for record in decoded:
-            if record.kind not in kinds:
+            # All of a record's strings within the limit: then no one of them is over it.
+            if record.kind not in kinds or record.text_chars() > chars:
                 return None
-            records.append(record.checked(bounds, canonical, chars))
+            records.append(record.checked(bounds, canonical))
     except BadRecord:
         return None
     return records
@@ -373,7 +382,7 @@ def check_size(record: Any, limits: LimitsConfig) -> None:
                 stack.append((v, depth))
 
 
-def check_record(record: Any, role: str, bounds: TimeBounds, canonical=None, limits: LimitsConfig = LIMITS) -> dict[str, Any]:
+def check_record(record: Any, role: str, bounds: TimeBounds | None, canonical=None) -> dict[str, Any]:
     """One decoded record as the job passes it on: checked against the contract, its addresses in
     canonical form, any fields beyond the contract kept as they came."""
     if not isinstance(record, dict):
@@ -391,7 +400,7 @@ def check_record(record: Any, role: str, bounds: TimeBounds, canonical=None, lim
         typed = msgspec.convert(record, contract, strict=True)
     except msgspec.ValidationError as e:
         raise _field_error(str(e), contract) from None
-    out = typed.checked(bounds, canonical or canonical_ip, limits.string_chars)
+    out = typed.checked(bounds, canonical or canonical_ip)
     for name, value in record.items():
         if name not in out:
             out[name] = value
@@ -422,12 +431,6 @@ def _field_error(text: str, contract: type) -> BadRecord:
     if name in _RANGE_REASONS and ("` >=" in text or "` <=" in text):
         return BadRecord(_RANGE_REASONS[name], text)
     return BadRecord("bad_type", text)
-
-
-def _fits(chars: int, *texts: str) -> None:
-    longest = max(map(len, texts), default=0)
-    if longest > chars:
-        raise BadRecord("string_too_long", f"a string of {longest} characters is over limits.string_chars ({chars})")
 
 
 def _span(start: int, end: int, bounds: TimeBounds) -> None:
