@@ -125,6 +125,9 @@ Address = Annotated[str, msgspec.Meta(description="IPv4 dotted quad or IPv6 in a
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Millis = Annotated[int, msgspec.Meta(description="milliseconds since the Unix epoch, UTC")]
 Bytes = Annotated[int, msgspec.Meta(ge=0)]
+# orjson reads an integer beyond 64 bits as a float (a bad_type) and writes none; msgspec reads any, and
+# takes bounds within 64 signed bits only, so the compiled path screens such integers itself.
+I64_MIN, U64_MAX = -(2**63), 2**64 - 1
 PortRange = Annotated[
     tuple[Annotated[int, msgspec.Meta(ge=1, le=65535)], Annotated[int, msgspec.Meta(ge=1, le=65535)]],
     msgspec.Meta(description="[lo, hi], both included, lo <= hi; shared IPv4 addresses only"),
@@ -154,10 +157,12 @@ class Flow(msgspec.Struct, tag_field="kind", tag=FLOW):
     pid: int | UnsetType = UNSET
     comm: str | UnsetType = UNSET
 
-    def text_chars(self) -> int:
+    def within(self, chars: int) -> bool:
         # UNSET and None are falsy: an absent field counts as an empty string.
-        return (len(self.flow_id) + len(self.exporter) + len(self.region) + len(self.local_ip) + len(self.remote_ip)
-                + len(self.local_workload or "") + len(self.comm or ""))
+        texts = (len(self.flow_id) + len(self.exporter) + len(self.region) + len(self.local_ip) + len(self.remote_ip)
+                 + len(self.local_workload or "") + len(self.comm or ""))
+        return (texts <= chars and self.bytes_sent <= U64_MAX and self.bytes_received <= U64_MAX
+                and (self.pid is UNSET or I64_MIN <= self.pid <= U64_MAX))
 
     def checked(self, bounds: TimeBounds, canonical) -> dict[str, Any]:
         local_ip, local_family = canonical(self.local_ip, "local_ip")
@@ -187,8 +192,8 @@ class Heartbeat(msgspec.Struct, tag_field="kind", tag=HEARTBEAT):
     end_ms: Millis
     ports: PortRange | UnsetType = UNSET
 
-    def text_chars(self) -> int:
-        return len(self.exporter) + len(self.region) + len(self.ip) + len(self.workload)
+    def within(self, chars: int) -> bool:
+        return len(self.exporter) + len(self.region) + len(self.ip) + len(self.workload) <= chars
 
     def checked(self, bounds: TimeBounds, canonical) -> dict[str, Any]:
         ip, family = canonical(self.ip, "ip")
@@ -210,8 +215,8 @@ class IpEvent(msgspec.Struct, tag_field="kind", tag=IP_EVENT):
     action: Literal["assigned", "unassigned"]
     time_ms: Millis
 
-    def text_chars(self) -> int:
-        return len(self.ip) + len(self.owner)
+    def within(self, chars: int) -> bool:
+        return len(self.ip) + len(self.owner) <= chars
 
     def checked(self, bounds: TimeBounds, canonical) -> dict[str, Any]:
         ip, _ = canonical(self.ip, "ip")
@@ -229,8 +234,8 @@ class Entitlement(msgspec.Struct, tag_field="kind", tag=ENTITLEMENT):
     exporter: Name
     cidrs: list[str]
 
-    def text_chars(self) -> int:
-        return len(self.exporter) + sum(map(len, self.cidrs))
+    def within(self, chars: int) -> bool:
+        return len(self.exporter) + sum(map(len, self.cidrs)) <= chars
 
     def checked(self, bounds: TimeBounds | None, canonical) -> dict[str, Any]:
         out = msgspec.to_builtins(self)
@@ -345,8 +350,9 @@ def _decode_exact(value: bytes, role: str, bounds: TimeBounds, canonical, limits
     records = []
     try:
         for record in decoded:
-            # All of a record's strings within the limit: then no one of them is over it.
-            if record.kind not in kinds or record.text_chars() > chars:
+            # Within: all of a record's strings together within the limit (then no one of them is over
+            # it), and integers orjson can read; times are within 64 bits once within the time bounds.
+            if record.kind not in kinds or not record.within(chars):
                 return None
             records.append(record.checked(bounds, canonical))
     except BadRecord:

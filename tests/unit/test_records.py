@@ -325,3 +325,12 @@ def test_the_json_schema_agrees_with_the_decoder_on_types_and_ranges(record, val
     origin = {"ip_event": Origin("ip-events", 0, 0, IP_EVENTS), "entitlement": Origin("exporters", 0, 0, "exporters")}
     records, dead = decode_message(orjson.dumps(record), origin.get(record["kind"], RAW_ORIGIN), BOUNDS)
     assert validator.is_valid(record) is valid and bool(records) is valid
+
+
+@pytest.mark.parametrize("changes", [{"bytes_sent": 10**30}, {"pid": -(10**30)}, {"pid": 2**64}, {"end_ms": 10**30}])
+def test_an_integer_beyond_64_bits_is_not_an_integer(changes):
+    # orjson reads it as a float, and writes integers within 64 bits only: the job's outputs must encode.
+    records, dead = decode_message(json.dumps([flow(), flow(**changes)]).encode(), RAW_ORIGIN, BOUNDS)
+    assert len(records) == 1 and [(d.reason, d.index) for d in dead] == [("bad_type", 1)]
+    records, dead = decode_message(orjson.dumps(flow(bytes_sent=2**64 - 1, pid=-(2**63))), RAW_ORIGIN, BOUNDS)
+    assert dead == [] and (records[0]["bytes_sent"], records[0]["pid"]) == (2**64 - 1, -(2**63))
