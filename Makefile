@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit fuzz reliability venv kafka-jars kafka-up kafka-down ebpf-deps cni-plugins bench eval k8s-render dashboard clean
+.PHONY: run test unit fuzz reliability venv kafka-jars kafka-up kafka-down ebpf-deps cni-plugins bench eval k8s-render dashboard schema clean
 
 # The main job on the embedded default: a simulated fleet, no Kafka, nothing else running.
 run: $(STAMP)
@@ -30,6 +30,10 @@ fuzz: $(STAMP)
 	PYTHONPATH=. $(BIN)/python tests/unit/fuzz_decoder.py out/fuzz/corpus -max_total_time=600
 
 venv: $(STAMP)
+
+# docs/records.schema.json from the record Structs of dataflow/records.py; a unit test keeps it current.
+schema: $(STAMP)
+	$(BIN)/python -c "from dataflow.records import schema_json; open('docs/records.schema.json', 'wb').write(schema_json())"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

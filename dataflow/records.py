@@ -4,12 +4,15 @@ job's outputs. A record that breaks the contract raises BadRecord, whose reason 
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from ipaddress import ip_network
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, Union
 
+import msgspec
 import orjson
+from msgspec import UNSET, UnsetType
 
 from dataflow.config import LimitsConfig
 
@@ -112,6 +115,175 @@ def _utf8_prefix(data: bytes, cut: bool) -> str:
         raise
 
 
+# The contract, once. Decoding into these Structs checks every field's type, length and range in
+# compiled code; what depends on the run (time bounds, limits) or on a value's meaning (an address's
+# canonical form, a span's order, a port range's order) is checked after, on the typed fields.
+# Fields beyond the contract are allowed and passed on, as readers of older contracts expect.
+Version = Annotated[Literal[1, 2], msgspec.Meta(description="contract version (an integer)")]
+Name = Annotated[str, msgspec.Meta(min_length=1)]
+Address = Annotated[str, msgspec.Meta(description="IPv4 dotted quad or IPv6 in any textual form")]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Millis = Annotated[int, msgspec.Meta(description="milliseconds since the Unix epoch, UTC")]
+Bytes = Annotated[int, msgspec.Meta(ge=0)]
+# orjson reads an integer beyond 64 bits as a float (a bad_type) and writes none; msgspec reads any, and
+# takes bounds within 64 signed bits only, so the compiled path screens such integers itself.
+I64_MIN, U64_MAX = -(2**63), 2**64 - 1
+PortRange = Annotated[
+    tuple[Annotated[int, msgspec.Meta(ge=1, le=65535)], Annotated[int, msgspec.Meta(ge=1, le=65535)]],
+    msgspec.Meta(description="[lo, hi], both included, lo <= hi; shared IPv4 addresses only"),
+]
+
+
+class Flow(msgspec.Struct, tag_field="kind", tag=FLOW):
+    """One TCP connection, as one host saw it (topic flows.raw, and flows.forward.<region>)."""
+
+    kind: ClassVar[str] = FLOW  # the tag, readable on a decoded record
+    v: Version
+    flow_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    exporter: Name
+    region: Name
+    local_ip: Address
+    local_port: Port
+    remote_ip: Address
+    remote_port: Port
+    direction: Literal["outbound", "inbound"]
+    start_ms: Millis
+    end_ms: Millis
+    bytes_sent: Bytes
+    bytes_received: Bytes
+    local_workload: Name | None
+    local_ports: PortRange | UnsetType = UNSET
+    open: bool | UnsetType = UNSET
+    pid: int | UnsetType = UNSET
+    comm: str | UnsetType = UNSET
+
+    def within(self, chars: int) -> bool:
+        # UNSET and None are falsy: an absent field counts as an empty string.
+        texts = (len(self.flow_id) + len(self.exporter) + len(self.region) + len(self.local_ip) + len(self.remote_ip)
+                 + len(self.local_workload or "") + len(self.comm or ""))
+        return (texts <= chars and self.bytes_sent <= U64_MAX and self.bytes_received <= U64_MAX
+                and (self.pid is UNSET or I64_MIN <= self.pid <= U64_MAX))
+
+    def checked(self, bounds: TimeBounds, canonical) -> dict[str, Any]:
+        local_ip, local_family = canonical(self.local_ip, "local_ip")
+        remote_ip, remote_family = canonical(self.remote_ip, "remote_ip")
+        if local_family != remote_family:
+            raise BadRecord("mixed_family", "local_ip and remote_ip are of different families")
+        _span(self.start_ms, self.end_ms, bounds)
+        out = msgspec.to_builtins(self)
+        out["local_ip"], out["remote_ip"] = local_ip, remote_ip
+        if self.local_ports is not UNSET:
+            if self.local_workload is None:
+                raise BadRecord("bad_ports", "local_ports without a local_workload")
+            out["local_ports"] = _port_range("local_ports", self.local_ports, local_family)
+        return out
+
+
+class Heartbeat(msgspec.Struct, tag_field="kind", tag=HEARTBEAT):
+    """`workload` owned `ip` (or only `ports` of it) during [start_ms, end_ms], as its host saw it."""
+
+    kind: ClassVar[str] = HEARTBEAT
+    v: Version
+    exporter: Name
+    region: Name
+    ip: Address
+    workload: Name
+    start_ms: Millis
+    end_ms: Millis
+    ports: PortRange | UnsetType = UNSET
+
+    def within(self, chars: int) -> bool:
+        return len(self.exporter) + len(self.region) + len(self.ip) + len(self.workload) <= chars
+
+    def checked(self, bounds: TimeBounds, canonical) -> dict[str, Any]:
+        ip, family = canonical(self.ip, "ip")
+        _span(self.start_ms, self.end_ms, bounds)
+        out = msgspec.to_builtins(self)
+        out["ip"] = ip
+        if self.ports is not UNSET:
+            out["ports"] = _port_range("ports", self.ports, family)
+        return out
+
+
+class IpEvent(msgspec.Struct, tag_field="kind", tag=IP_EVENT):
+    """The platform assigned `ip` to `owner` (or took it away) at `time_ms` (topic ip-events)."""
+
+    kind: ClassVar[str] = IP_EVENT
+    v: Version
+    ip: Address
+    owner: Name
+    action: Literal["assigned", "unassigned"]
+    time_ms: Millis
+
+    def within(self, chars: int) -> bool:
+        return len(self.ip) + len(self.owner) <= chars
+
+    def checked(self, bounds: TimeBounds, canonical) -> dict[str, Any]:
+        ip, _ = canonical(self.ip, "ip")
+        _time("time_ms", self.time_ms, bounds)
+        out = msgspec.to_builtins(self)
+        out["ip"] = ip
+        return out
+
+
+class Entitlement(msgspec.Struct, tag_field="kind", tag=ENTITLEMENT):
+    """The addresses an exporter may claim, as CIDRs (topic exporters, keyed by the exporter id)."""
+
+    kind: ClassVar[str] = ENTITLEMENT
+    v: Version
+    exporter: Name
+    cidrs: list[str]
+
+    def within(self, chars: int) -> bool:
+        return len(self.exporter) + sum(map(len, self.cidrs)) <= chars
+
+    def checked(self, bounds: TimeBounds | None, canonical) -> dict[str, Any]:
+        out = msgspec.to_builtins(self)
+        try:
+            out["cidrs"] = [str(ip_network(cidr, strict=False)) for cidr in self.cidrs]
+        except ValueError as e:
+            raise BadRecord("bad_cidr", f"{e}") from None
+        return out
+
+
+Record = Union[Flow, Heartbeat, IpEvent, Entitlement]
+TYPES = {FLOW: Flow, HEARTBEAT: Heartbeat, IP_EVENT: IpEvent, ENTITLEMENT: Entitlement}
+KINDS = tuple(TYPES)
+
+
+# The same records with nothing beyond the contract: the type alone then bounds a record's depth and
+# its field names, so a message of these decodes in one compiled call. Anything else, and any bad
+# record, takes the path record by record, which names each bad record's reason.
+class _ExactFlow(Flow, tag=FLOW, forbid_unknown_fields=True):
+    pass
+
+
+class _ExactHeartbeat(Heartbeat, tag=HEARTBEAT, forbid_unknown_fields=True):
+    pass
+
+
+class _ExactIpEvent(IpEvent, tag=IP_EVENT, forbid_unknown_fields=True):
+    pass
+
+
+class _ExactEntitlement(Entitlement, tag=ENTITLEMENT, forbid_unknown_fields=True):
+    pass
+
+
+_ExactRecord = Union[_ExactFlow, _ExactHeartbeat, _ExactIpEvent, _ExactEntitlement]
+_EXACT = msgspec.json.Decoder(list[_ExactRecord] | _ExactRecord)
+# Exact records fit any limits that admit a port range (2 deep) and the longest field name.
+_EXACT_DEPTH = 2
+_EXACT_NAME_CHARS = max(len(name) for t in TYPES.values() for name in t.__struct_fields__ + ("kind",))
+
+
+def schema_json() -> bytes:
+    """The JSON Schema of the records the job reads: docs/records.schema.json is this (`make schema`)."""
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+              "title": f"flowattr input records, contract version {VERSION}", **msgspec.json.schema(Record)}
+    return msgspec.json.format(msgspec.json.encode(schema), indent=2) + b"\n"
+
+
 def decode_message(
     value: bytes | None, origin: Origin, bounds: TimeBounds, canonical=None, limits: LimitsConfig = LIMITS
 ) -> tuple[list[dict[str, Any]], list[DeadLetter]]:
@@ -126,6 +298,10 @@ def decode_message(
     if len(value) > limits.message_bytes:
         detail = f"message of {len(value)} bytes is over limits.message_bytes ({limits.message_bytes})"
         return [], [DeadLetter.of("message_too_large", detail, value, origin, keep)]
+    if limits.depth >= _EXACT_DEPTH and limits.string_chars >= _EXACT_NAME_CHARS:
+        records = _decode_exact(value, origin.role, bounds, canonical, limits)
+        if records is not None:
+            return records, []
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError as e:
@@ -160,6 +336,30 @@ def decode_message(
     return records, dead
 
 
+def _decode_exact(value: bytes, role: str, bounds: TimeBounds, canonical, limits: LimitsConfig):
+    """The message's records when every one of them is exact and valid; None sends it the long way."""
+    try:
+        decoded = _EXACT.decode(value)
+    except ValueError:  # msgspec's errors, and a string that is not UTF-8
+        return None
+    if type(decoded) is not list:
+        decoded = [decoded]
+    elif not decoded or len(decoded) > limits.records_per_message:
+        return None
+    kinds, chars = KINDS_BY_ROLE[role], limits.string_chars
+    records = []
+    try:
+        for record in decoded:
+            # Within: all of a record's strings together within the limit (then no one of them is over
+            # it), and integers orjson can read; times are within 64 bits once within the time bounds.
+            if record.kind not in kinds or not record.within(chars):
+                return None
+            records.append(record.checked(bounds, canonical))
+    except BadRecord:
+        return None
+    return records
+
+
 def check_size(record: Any, limits: LimitsConfig) -> None:
     """Raises BadRecord when a record nests deeper than limits.depth or holds a string (a field name
     included) longer than limits.string_chars. Walks with a stack, not recursion: the input picks the depth."""
@@ -188,8 +388,9 @@ def check_size(record: Any, limits: LimitsConfig) -> None:
                 stack.append((v, depth))
 
 
-def check_record(record: Any, role: str, bounds: TimeBounds, canonical=None) -> dict[str, Any]:
-    """Validate one record in place (addresses made canonical) and return it."""
+def check_record(record: Any, role: str, bounds: TimeBounds | None, canonical=None) -> dict[str, Any]:
+    """One decoded record as the job passes it on: checked against the contract, its addresses in
+    canonical form, any fields beyond the contract kept as they came."""
     if not isinstance(record, dict):
         raise BadRecord("not_object", f"batch element is {type(record).__name__}, not an object")
     version = record.get("v")
@@ -200,179 +401,64 @@ def check_record(record: Any, role: str, bounds: TimeBounds, canonical=None) -> 
         raise BadRecord("unknown_kind", f"kind {kind!r} is not one of {', '.join(KINDS)}")
     if kind not in KINDS_BY_ROLE[role]:
         raise BadRecord("wrong_topic", f"a {kind} record does not belong on the {role} topic")
-    canonical = canonical or canonical_ip
-    if kind == FLOW:
-        return _check_flow(record, bounds, canonical)
-    if kind == HEARTBEAT:
-        return _check_heartbeat(record, bounds, canonical)
-    if kind == ENTITLEMENT:
-        return check_entitlement(record)
-    return _check_ip_event(record, bounds, canonical)
+    contract = TYPES[kind]
+    try:
+        typed = msgspec.convert(record, contract, strict=True)
+    except msgspec.ValidationError as e:
+        raise _field_error(str(e), contract) from None
+    out = typed.checked(bounds, canonical or canonical_ip)
+    for name, value in record.items():
+        if name not in out:
+            out[name] = value
+    return out
 
 
-KINDS = (FLOW, HEARTBEAT, IP_EVENT, ENTITLEMENT)
-
-
-def _check_flow(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, Any]:
-    """Nearly every flow is valid: one inline test passes those; the rest get the field-by-field
-    check below, which names what is wrong."""
-    get = r.get
-    flow_id, workload, local_port, remote_port = get("flow_id"), get("local_workload", _MISSING), get("local_port"), get("remote_port")
-    start, end, sent, received = get("start_ms"), get("end_ms"), get("bytes_sent"), get("bytes_received")
-    if (
-        type(flow_id) is str
-        and 0 < len(flow_id) <= 200
-        and type(get("exporter")) is str
-        and get("exporter")
-        and type(get("region")) is str
-        and get("region")
-        and type(local_port) is int
-        and 0 <= local_port <= 65535
-        and type(remote_port) is int
-        and 0 <= remote_port <= 65535
-        and type(start) is int
-        and type(end) is int
-        and bounds.earliest_ms <= start <= end <= bounds.latest_ms
-        and type(sent) is int
-        and sent >= 0
-        and type(received) is int
-        and received >= 0
-        and (workload is None or (type(workload) is str and workload))
-        and get("direction") in _DIRECTIONS
-        and type(get("open", False)) is bool
-        and type(get("local_ip")) is str
-        and type(get("remote_ip")) is str
-        and "local_ports" not in r
-    ):
-        local_ip, local_family = canonical(r["local_ip"], "local_ip")
-        remote_ip, remote_family = canonical(r["remote_ip"], "remote_ip")
-        if local_family != remote_family:
-            raise BadRecord("mixed_family", "local_ip and remote_ip are of different families")
-        r["local_ip"], r["remote_ip"] = local_ip, remote_ip
-        return r
-    return _check_flow_fields(r, bounds, canonical)
-
-
-_DIRECTIONS = ("outbound", "inbound")  # a tuple: a hostile list or dict compares, never hashes
-
-
-def _check_flow_fields(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, Any]:
-    flow_id = _text(r, "flow_id")
-    if len(flow_id) > 200:
-        raise BadRecord("bad_type", "flow_id is longer than 200 characters")
-    _text(r, "exporter")
-    _text(r, "region")
-    local_ip, local_family = canonical(_text(r, "local_ip"), "local_ip")
-    remote_ip, remote_family = canonical(_text(r, "remote_ip"), "remote_ip")
-    if local_family != remote_family:
-        raise BadRecord("mixed_family", "local_ip and remote_ip are of different families")
-    r["local_ip"], r["remote_ip"] = local_ip, remote_ip
-    for name in ("local_port", "remote_port"):
-        port = _integer(r, name)
-        if not 0 <= port <= 65535:
-            raise BadRecord("bad_port", f"{name} {port} is outside 0-65535")
-    if r.get("direction") not in ("outbound", "inbound"):
-        raise BadRecord("bad_direction", f"direction {r.get('direction')!r} is not outbound or inbound")
-    _span(r, "start_ms", "end_ms", bounds)
-    for name in ("bytes_sent", "bytes_received"):
-        if _integer(r, name) < 0:
-            raise BadRecord("negative_bytes", f"{name} is negative")
-    workload = r.get("local_workload", _MISSING)
-    if workload is _MISSING:
-        raise BadRecord("missing_field", "local_workload is missing (null when unknown)")
-    if workload is not None and (not isinstance(workload, str) or not workload):
-        raise BadRecord("bad_type", "local_workload must be a non-empty string or null")
-    if not isinstance(r.get("open", False), bool):
-        raise BadRecord("bad_type", "open must be true or false")
-    if "local_ports" in r:
-        if workload is None:
-            raise BadRecord("bad_ports", "local_ports without a local_workload")
-        r["local_ports"] = _port_range(r, "local_ports", local_family)
-    return r
-
-
-def _check_heartbeat(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, Any]:
-    _text(r, "exporter")
-    _text(r, "region")
-    _text(r, "workload")
-    r["ip"], family = canonical(_text(r, "ip"), "ip")
-    _span(r, "start_ms", "end_ms", bounds)
-    if "ports" in r:
-        r["ports"] = _port_range(r, "ports", family)
-    return r
-
-
-def _port_range(r: dict[str, Any], name: str, family: int) -> tuple[int, int]:
-    """A claim on part of a shared IPv4 address: [lo, hi], both ports included."""
-    value = r.get(name)
-    if family != AF_INET:
-        raise BadRecord("bad_ports", f"{name} is for shared IPv4 addresses only")
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not all(type(p) is int and 1 <= p <= 65535 for p in value)
-        or value[0] > value[1]
-    ):
-        raise BadRecord("bad_ports", f"{name} must be [lo, hi] with 1 <= lo <= hi <= 65535, got {value!r}")
-    return value[0], value[1]
-
-
-def check_entitlement(r: dict[str, Any]) -> dict[str, Any]:
+def check_entitlement(record: Any) -> dict[str, Any]:
     """Which addresses an exporter may claim, as a trusted platform component publishes them."""
-    _text(r, "exporter")
-    cidrs = r.get("cidrs")
-    if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
-        raise BadRecord("bad_type", "cidrs must be a list of CIDR strings")
-    canonical = []
-    for cidr in cidrs:
-        try:
-            canonical.append(str(ip_network(cidr, strict=False)))
-        except ValueError:
-            raise BadRecord("bad_cidr", f"{cidr!r} is not a CIDR") from None
-    r["cidrs"] = canonical
-    return r
+    return check_record(record, EXPORTERS, None)
 
 
-def _check_ip_event(r: dict[str, Any], bounds: TimeBounds, canonical) -> dict[str, Any]:
-    _text(r, "owner")
-    r["ip"], _ = canonical(_text(r, "ip"), "ip")
-    if r.get("action") not in ("assigned", "unassigned"):
-        raise BadRecord("bad_action", f"action {r.get('action')!r} is not assigned or unassigned")
-    _time(r, "time_ms", bounds)
-    return r
+# msgspec names the field and what is wrong with it; these are the reason codes the dead letters keep.
+_FIELD_REASONS = {"v": "bad_version", "direction": "bad_direction", "action": "bad_action",
+                  "ports": "bad_ports", "local_ports": "bad_ports", "cidrs": "bad_type"}
+_RANGE_REASONS = {"local_port": "bad_port", "remote_port": "bad_port",
+                  "bytes_sent": "negative_bytes", "bytes_received": "negative_bytes"}
+_REQUIRED = {t: {f.name for f in msgspec.structs.fields(t) if f.required} for t in TYPES.values()}
+_FIELD_NAMED = re.compile(r"field `([^`]*)`|at `\$\.(\w+)")
 
 
-_MISSING = object()
+def _field_error(text: str, contract: type) -> BadRecord:
+    found = _FIELD_NAMED.search(text)
+    name = found and (found[1] or found[2])
+    if name in _FIELD_REASONS:
+        return BadRecord(_FIELD_REASONS[name], text)
+    if text.startswith("Object missing required field") or ("got `null`" in text and name in _REQUIRED[contract]):
+        return BadRecord("missing_field", text)
+    if name in _RANGE_REASONS and ("` >=" in text or "` <=" in text):
+        return BadRecord(_RANGE_REASONS[name], text)
+    return BadRecord("bad_type", text)
 
 
-def _text(r: dict[str, Any], name: str) -> str:
-    value = r.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        raise BadRecord("missing_field", f"{name} is missing")
-    if not isinstance(value, str) or not value:
-        raise BadRecord("bad_type", f"{name} must be a non-empty string")
-    return value
+def _span(start: int, end: int, bounds: TimeBounds) -> None:
+    if bounds.earliest_ms <= start <= end <= bounds.latest_ms:
+        return
+    _time("end_ms", end, bounds)
+    _time("start_ms", start, bounds)
+    raise BadRecord("end_before_start", "end_ms is before start_ms")
 
 
-def _integer(r: dict[str, Any], name: str) -> int:
-    value = r.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        raise BadRecord("missing_field", f"{name} is missing")
-    if type(value) is not int:
-        raise BadRecord("bad_type", f"{name} must be an integer, got {value!r}")
-    return value
-
-
-def _time(r: dict[str, Any], name: str, bounds: TimeBounds) -> int:
-    value = _integer(r, name)
+def _time(name: str, value: int, bounds: TimeBounds) -> None:
     if not bounds.earliest_ms <= value <= bounds.latest_ms:
         raise BadRecord("time_out_of_range", f"{name} {value} is outside the accepted time window")
-    return value
 
 
-def _span(r: dict[str, Any], start: str, end: str, bounds: TimeBounds) -> None:
-    if _time(r, end, bounds) < _time(r, start, bounds):
-        raise BadRecord("end_before_start", f"{end} is before {start}")
+def _port_range(name: str, ports: tuple[int, int], family: int) -> tuple[int, int]:
+    """A claim on part of a shared IPv4 address: [lo, hi], both ports included."""
+    if family != AF_INET:
+        raise BadRecord("bad_ports", f"{name} is for shared IPv4 addresses only")
+    if ports[0] > ports[1]:
+        raise BadRecord("bad_ports", f"{name} must be [lo, hi] with lo <= hi, got {list(ports)}")
+    return ports
 
 
 def canonical_ip(text: str, name: str = "ip") -> tuple[str, int]:

@@ -204,3 +204,15 @@ def test_coverage_guided_fuzzing_of_the_decoder_finds_no_crash(tmp_path, figures
                    "the decoder never raises; valid + dead letters = elements in (checked in every run)",
                    messages_in=FUZZ_RUNS, answered=None, forwarded=None, dead_lettered=None, lost=0,
                    repeats_disagreeing=0)
+
+
+@FUZZ
+@given(st.lists(valid | mutated(), min_size=1, max_size=5), st.sampled_from(sorted(ROLES)))
+def test_a_field_beyond_the_contract_changes_nothing_but_itself(batch, role):
+    # Records of the contract's fields only are decoded in one compiled call; one more field sends each
+    # record through the checks one by one. Both must keep the same records and name the same reasons.
+    plain = [r for r in batch if "beyond" not in r]
+    records, dead = decode_message(encode(plain), ROLES[role], BOUNDS, limits=LIMITS)
+    more, more_dead = decode_message(encode([{**r, "beyond": 1} for r in plain]), ROLES[role], BOUNDS, limits=LIMITS)
+    assert [(d.reason, d.index) for d in more_dead] == [(d.reason, d.index) for d in dead]
+    assert more == [{**r, "beyond": 1} for r in records]

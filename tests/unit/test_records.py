@@ -221,3 +221,116 @@ def test_an_entitlement_names_cidrs():
     assert record["cidrs"] == ["10.0.1.0/24", "fd00::/64"]
     with pytest.raises(BadRecord, match="bad_cidr"):
         check_entitlement({"v": 2, "kind": "entitlement", "exporter": "node-a", "cidrs": ["10.0.1.0/33"]})
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"direction": DROP}, "bad_direction"),
+        ({"open": None}, "bad_type"),
+        ({"pid": "1234"}, "bad_type"),
+        ({"exporter": None}, "missing_field"),
+        ({"local_ports": None}, "bad_ports"),
+        ({"local_ports": [0, 10]}, "bad_ports"),
+        ({"local_ports": [1, 2, 3]}, "bad_ports"),
+        ({"flow_id": "f" * 201}, "bad_type"),
+        ({"remote_port": -1}, "bad_port"),
+        ({"bytes_received": "many"}, "bad_type"),
+    ],
+)
+def test_each_broken_flow_field_names_its_reason(changes, reason):
+    assert reason_for(flow(**changes)) == reason
+
+
+HEARTBEAT = {"v": 2, "kind": "heartbeat", "exporter": "h", "region": "r", "ip": "10.0.0.1", "workload": "web",
+             "start_ms": NOW - 10, "end_ms": NOW}
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"ports": None}, "bad_ports"),
+        ({"ports": [30, 20]}, "bad_ports"),
+        ({"ports": [20, 30], "ip": "fd00::1"}, "bad_ports"),
+        ({"workload": ""}, "bad_type"),
+        ({"ip": None}, "missing_field"),
+        ({"end_ms": NOW - 20}, "end_before_start"),
+    ],
+)
+def test_each_broken_heartbeat_is_dead_lettered_with_its_reason(changes, reason):
+    assert reason_for({**HEARTBEAT, **changes}) == reason
+
+
+def test_fields_beyond_the_contract_are_kept_and_change_nothing_else():
+    plain = [flow(flow_id="h:1", open=False, pid=7, comm="curl"), {**HEARTBEAT, "ports": [20, 30]}]
+    extended = [{**plain[0], "trace": {"id": [1, 2]}}, {**plain[1], "zone": "b"}]
+    records, dead = decode_message(orjson.dumps(plain), RAW_ORIGIN, BOUNDS)
+    more, more_dead = decode_message(orjson.dumps(extended), RAW_ORIGIN, BOUNDS)
+    assert dead == more_dead == [] and records[0] == plain[0]
+    assert records[1] == {**plain[1], "ports": (20, 30)}
+    assert more == [{**records[0], "trace": {"id": [1, 2]}}, {**records[1], "zone": "b"}]
+
+
+def test_addresses_come_out_canonical_whichever_way_the_record_was_decoded():
+    value = flow(local_ip="2001:DB8::0:1", remote_ip="::ffff:10.0.0.2", v=2)
+    value["remote_ip"], value["local_ip"] = "2001:db8::0:2", "2001:DB8::0:1"
+    for record in (value, {**value, "extra": 1}):
+        [decoded], dead = decode_message(orjson.dumps(record), RAW_ORIGIN, BOUNDS)
+        assert dead == [] and (decoded["local_ip"], decoded["remote_ip"]) == ("2001:db8::1", "2001:db8::2")
+
+
+def test_an_entitlement_must_be_an_entitlement_record():
+    from dataflow.records import check_entitlement
+
+    for bad, reason in [([1], "not_object"), ({"kind": "entitlement", "exporter": "a", "cidrs": []}, "bad_version"),
+                        ({"v": 2, "kind": "entitlement", "exporter": "a"}, "bad_type"),
+                        ({"v": 2, "kind": "flow", "exporter": "a", "cidrs": []}, "wrong_topic")]:
+        with pytest.raises(BadRecord) as e:
+            check_entitlement(bad)
+        assert e.value.reason == reason
+
+
+def test_the_committed_json_schema_is_the_one_the_contract_makes():
+    from pathlib import Path
+
+    from dataflow.records import schema_json
+
+    committed = Path(__file__).resolve().parents[2] / "docs" / "records.schema.json"
+    assert committed.read_bytes() == schema_json(), "run `make schema` and commit docs/records.schema.json"
+
+
+@pytest.mark.parametrize(
+    "record, valid",
+    [
+        (flow(), True),
+        (flow(v=2, local_ports=[20000, 20999], pid=7, comm="curl", open=True, extra={"a": 1}), True),
+        (HEARTBEAT, True),
+        ({"v": 1, "kind": "ip_event", "ip": "10.0.0.9", "owner": "lb/x", "action": "assigned", "time_ms": NOW}, True),
+        ({"v": 2, "kind": "entitlement", "exporter": "a", "cidrs": ["10.0.0.0/24"]}, True),
+        (flow(v=True), False),  # (JSON Schema counts 1.0 an integer: the decoder alone refuses it)
+        (flow(remote_port=70000), False),
+        (flow(local_workload=DROP), False),
+        (flow(direction="sideways"), False),
+        (flow(bytes_sent=-1), False),
+        (flow(kind="flowz"), False),
+        ({**HEARTBEAT, "ports": [0, 5]}, False),
+    ],
+)
+def test_the_json_schema_agrees_with_the_decoder_on_types_and_ranges(record, valid):
+    import jsonschema
+
+    from dataflow.records import schema_json
+
+    validator = jsonschema.Draft202012Validator(orjson.loads(schema_json()))
+    origin = {"ip_event": Origin("ip-events", 0, 0, IP_EVENTS), "entitlement": Origin("exporters", 0, 0, "exporters")}
+    records, dead = decode_message(orjson.dumps(record), origin.get(record["kind"], RAW_ORIGIN), BOUNDS)
+    assert validator.is_valid(record) is valid and bool(records) is valid
+
+
+@pytest.mark.parametrize("changes", [{"bytes_sent": 10**30}, {"pid": -(10**30)}, {"pid": 2**64}, {"end_ms": 10**30}])
+def test_an_integer_beyond_64_bits_is_not_an_integer(changes):
+    # orjson reads it as a float, and writes integers within 64 bits only: the job's outputs must encode.
+    records, dead = decode_message(json.dumps([flow(), flow(**changes)]).encode(), RAW_ORIGIN, BOUNDS)
+    assert len(records) == 1 and [(d.reason, d.index) for d in dead] == [("bad_type", 1)]
+    records, dead = decode_message(orjson.dumps(flow(bytes_sent=2**64 - 1, pid=-(2**63))), RAW_ORIGIN, BOUNDS)
+    assert dead == [] and (records[0]["bytes_sent"], records[0]["pid"]) == (2**64 - 1, -(2**63))
