@@ -34,6 +34,7 @@ from dataflow.records import (
     NO_OWNER,
     UNATTRIBUTED,
     UNTRUSTED_CLOCK,
+    answered,
     attributed,
 )
 
@@ -88,9 +89,6 @@ class ShardWork:
         self.order = order
         self.items = [] if items is None else items
 
-    def __lt__(self, other: ShardWork) -> bool:
-        return (self.arrival_ms, self.order) < (other.arrival_ms, other.order)
-
 
 class Progress(NamedTuple):
     """A reader's word that these input partitions have been read up to these arrival times."""
@@ -119,7 +117,8 @@ class Shard:
         self.window_ms = settings.connection_window_ms
         self.clock = ArrivalClock(partitions)
         self.now_ms = 0  # evidence that arrived up to here is applied, lookups due up to here decided
-        self.inbox: list[ShardWork] = []  # read but not yet arrived on the clock: a heap
+        # Read but not yet arrived on the clock: a heap of (arrival, order, work), compared as tuples.
+        self.inbox: list[tuple[int, tuple, ShardWork]] = []
         self.late = 0  # works read after the clock had passed their arrival (applied at once)
         self.peers = PeerClocks(self.guard_ms, clock_bound_ms)
         self.refused_claims = 0  # claims of exporters whose clocks their peers contradict
@@ -175,7 +174,7 @@ class Shard:
             self.late += 1
             self._apply(item, decided)
         else:
-            heapq.heappush(self.inbox, item)
+            heapq.heappush(self.inbox, (item.arrival_ms, item.order, item))
         now = self.clock.now()
         if now is not None and self.now_ms < now < ENDED:  # every input ended: finish() answers the rest
             self._advance_to(now, decided)
@@ -186,7 +185,7 @@ class Shard:
         is known, or give up."""
         decided: list[Flow] = []
         if self.inbox:
-            self._advance_to(max(w.arrival_ms for w in self.inbox), decided)
+            self._advance_to(max(arrival for arrival, _, _ in self.inbox), decided)
         while self.first_try_points:
             for p in lookups(self.first_tries.pop(heapq.heappop(self.first_try_points)), self.names):
                 decided.append(self._final(p))
@@ -205,7 +204,7 @@ class Shard:
         millisecond comes before the decisions of that millisecond."""
         inbox, first_try_points, deadlines = self.inbox, self.first_try_points, self.deadlines
         while True:
-            work_at = inbox[0].arrival_ms if inbox else ENDED
+            work_at = inbox[0][0] if inbox else ENDED
             due_at = min(first_try_points[0] if first_try_points else ENDED, deadlines[0][0] if deadlines else ENDED)
             if self.next_prune_ms is None and min(work_at, due_at) < ENDED:
                 self.next_prune_ms = (min(work_at, due_at) // self.prune_every_ms + 1) * self.prune_every_ms
@@ -213,7 +212,7 @@ class Shard:
             if min(work_at, due_at, prune_at) > now or work_at == due_at == ENDED:
                 break
             if work_at <= due_at and work_at <= prune_at:
-                work = heapq.heappop(inbox)
+                work = heapq.heappop(inbox)[2]
                 self.now_ms = max(self.now_ms, work.arrival_ms)
                 self._apply(work, decided)
             elif due_at <= prune_at:
@@ -507,7 +506,7 @@ class Shard:
         return self._record(p, self._verdict(p, final=True) or NOBODY)
 
     def _record(self, p: PackedLookup, verdict: tuple) -> Flow:
-        return attributed(p.flow(self.names), *verdict)
+        return answered(p.flow(self.names), *verdict)
 
     def _claimer(self, workload: str, exporter: str) -> tuple[str, str]:
         pair = (workload, exporter)

@@ -484,15 +484,26 @@ def attributed(
     source: str | None = None,
     match: str | None = None,
 ) -> dict[str, Any]:
-    """The flow record turned into the job's answer for it."""
-    out = dict(flow)
-    out["kind"] = ATTRIBUTED
-    out["outcome"] = outcome
-    out["remote_workload"] = remote_workload
-    out["reason"] = reason
-    out["source"] = source
-    out["match"] = match
-    return out
+    """The flow record turned into the job's answer for it (a new record: the flow is left as it is)."""
+    return answered(dict(flow), outcome, remote_workload, reason, source, match)
+
+
+def answered(
+    flow: dict[str, Any],
+    outcome: str,
+    remote_workload: str | None = None,
+    reason: str | None = None,
+    source: str | None = None,
+    match: str | None = None,
+) -> dict[str, Any]:
+    """As attributed, in place: for a flow record made only to be answered."""
+    flow["kind"] = ATTRIBUTED
+    flow["outcome"] = outcome
+    flow["remote_workload"] = remote_workload
+    flow["reason"] = reason
+    flow["source"] = source
+    flow["match"] = match
+    return flow
 
 
 def encode_batch(records: list[dict[str, Any]]) -> bytes:
