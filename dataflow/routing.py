@@ -236,6 +236,13 @@ class Router:
             records = self._weigh(records, message, arrival, bad, answered, counts)
         for letter in bad:
             counts[f"dead.{letter.reason}"] += 1
+        # What this message's heartbeats claim: a flow's own claim within one of them adds nothing (the
+        # heartbeat's range is applied first), so it is not sent.
+        beats: dict[tuple, list[tuple[int, int]]] = {}
+        for record in records:
+            if record["kind"] == HEARTBEAT:
+                beat = (record["ip"], record["workload"], record.get("ports"), record["exporter"])
+                beats.setdefault(beat, []).append((record["start_ms"], record["end_ms"]))
         for record in records:
             kind = record["kind"]
             if kind == FLOW and record.get("open"):
@@ -243,7 +250,7 @@ class Router:
                 self._claim(record, works, arrival, order, heartbeat=True)
                 counts["absorbed.open_flow"] += 1
             elif kind == FLOW:
-                self._route_flow(record, role, works, arrival, order, forwards, answered)
+                self._route_flow(record, role, works, arrival, order, forwards, answered, beats)
             elif kind == HEARTBEAT:
                 self._claim(record, works, arrival, order, heartbeat=True)
                 counts["absorbed.heartbeat"] += 1
@@ -332,13 +339,16 @@ class Router:
         else:
             items.append(claim)
 
-    def _route_flow(self, flow, role, works, arrival, order, forwards, answered) -> None:
+    def _route_flow(self, flow, role, works, arrival, order, forwards, answered, beats) -> None:
         local_ip, remote_ip = flow["local_ip"], flow["remote_ip"]
         remote_region = self.place(remote_ip)[1]
         workload = flow["local_workload"]
         # A forwarded flow's local address lives in another region: it is a lookup here, not a claim.
         if workload is not None and role != FORWARDED:
-            self._claim(flow, works, arrival, order, heartbeat=False)
+            spans = beats.get((local_ip, workload, flow.get("local_ports"), flow["exporter"])) if beats else None
+            start, end = flow["start_ms"], flow["end_ms"]
+            if not (spans and any(s <= start and end <= e for s, e in spans)):
+                self._claim(flow, works, arrival, order, heartbeat=False)
             if remote_region is not None:
                 key = (local_ip, flow["local_port"], remote_ip, flow["remote_port"])
                 self._work(works, local_ip, arrival, order).items.append(

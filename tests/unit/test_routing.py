@@ -203,3 +203,18 @@ def test_a_surprise_in_one_message_dead_letters_that_message_whole_and_the_rest_
     assert letter.original == poisoned.value and letter.origin.offset == 1
     counts = tally.snapshot()
     assert counts["in.raw"] == 3 and counts["dead.internal_error"] == 1
+
+
+def test_a_flow_within_its_messages_heartbeat_sends_no_claim_of_its_own_and_one_outside_it_does():
+    r, _ = router()
+    beat = heartbeat(end=NOW - 5000)  # holds NOW - 65000 .. NOW - 5000
+    inside = flow("10.0.0.2")  # NOW - 9000 .. NOW - 8000
+    later = flow("10.0.0.3", start_ms=NOW - 4000, end_ms=NOW - 3000)
+    other = flow("10.0.0.4", workload="api")
+    out = r.route([message([inside, later, other, beat])])
+    claims = items(out, Claim)
+    assert claims[0] == Claim("10.0.0.1", "web", NOW - 65000, NOW - 5000, None, "h")  # first, wherever it came
+    assert sorted(claims[1:]) == sorted([Claim("10.0.0.1", "web", NOW - 4000, NOW - 3000, None, "h"),
+                                         Claim("10.0.0.1", "api", NOW - 9000, NOW - 8000, None, "h")])
+    # Every flow is still a lookup and leaves its connection report.
+    assert len(items(out, Lookup)) == 3 and len(items(out, Connection)) == 3
