@@ -10,6 +10,7 @@ estimated here, and an exporter whose offset is beyond the bound is not believed
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import deque
 from typing import Iterable, Mapping
 
@@ -90,7 +91,7 @@ class PeerClocks:
     def __init__(self, guard_ms: int, bound_ms: int):
         self.guard_ms = guard_ms
         self.bound_ms = bound_ms
-        self.samples: dict[str, deque[tuple[str, int]]] = {}  # (peer, difference)
+        self.samples: dict[str, PeerSamples] = {}
         # Of exporters seen with enough distinct peers: (median, spread of the middle half) over their
         # peers, each peer counted once (by its own median), so that one busy peer with a bad clock
         # cannot pass its offset on. It is the exporter's offset as far as most of its peers keep time;
@@ -107,14 +108,11 @@ class PeerClocks:
         for exporter, peer, sample in ((reporter, looker, difference_ms), (looker, reporter, -difference_ms)):
             samples = self.samples.get(exporter)
             if samples is None:
-                samples = self.samples[exporter] = deque(maxlen=self.SAMPLES)
-            samples.append((peer, sample))
-            by_peer: dict[str, list[int]] = {}
-            for p, d in samples:
-                by_peer.setdefault(p, []).append(d)
-            if len(by_peer) >= self.MIN_PEERS:
-                ordered = sorted(_median(ds) for ds in by_peer.values())
-                n = len(ordered)
+                samples = self.samples[exporter] = PeerSamples()
+            samples.add(peer, sample, self.SAMPLES)
+            ordered = samples.medians
+            n = len(ordered)
+            if n >= self.MIN_PEERS:
                 median, scatter = ordered[n // 2], ordered[(3 * n) // 4] - ordered[n // 4]
                 self.known[exporter] = (median, scatter)
                 if abs(median) <= self.bound_ms:
@@ -144,5 +142,44 @@ class PeerClocks:
         return sorted(e for e in self.samples if self.offset(e) is None)
 
 
-def _median(values: list[int]) -> int:
-    return sorted(values)[len(values) // 2]
+class PeerSamples:
+    """One exporter's last differences with its peers, kept so that each new one costs a few bisections
+    instead of regrouping them all: in arrival order (to know which one leaves the window), by peer in
+    sorted order (each peer's median is its middle one), and the peers' medians in sorted order (the
+    exporter's median and spread are read off by position). The same samples always give the same
+    medians, whatever order they came in, so this says exactly what regrouping the window would."""
+
+    __slots__ = ("window", "by_peer", "medians")
+
+    def __init__(self) -> None:
+        self.window: deque[tuple[str, int]] = deque()  # (peer, difference), oldest first
+        self.by_peer: dict[str, list[int]] = {}
+        self.medians: list[int] = []  # one per peer in by_peer, sorted
+
+    def add(self, peer: str, difference: int, keep: int) -> None:
+        """Take one difference with a peer, dropping the oldest once `keep` are held."""
+        if len(self.window) == keep:
+            old_peer, old = self.window.popleft()
+            self._change(old_peer, old, adding=False)
+        self.window.append((peer, difference))
+        self._change(peer, difference, adding=True)
+
+    def _change(self, peer: str, difference: int, adding: bool) -> None:
+        values = self.by_peer.get(peer)
+        if values is None:
+            self.by_peer[peer] = [difference]
+            insort(self.medians, difference)
+            return
+        before = values[len(values) // 2]
+        if adding:
+            insort(values, difference)
+        else:
+            del values[bisect_left(values, difference)]
+            if not values:
+                del self.by_peer[peer]
+                del self.medians[bisect_left(self.medians, before)]
+                return
+        after = values[len(values) // 2]
+        if after != before:
+            del self.medians[bisect_left(self.medians, before)]
+            insort(self.medians, after)

@@ -1,0 +1,90 @@
+import pickle
+import random
+from collections import deque
+
+import pytest
+
+from dataflow.clock import PeerClocks
+
+GUARD_MS, BOUND_MS = 1_000, 5_000
+
+
+class RegroupingPeerClocks:
+    """The rule PeerClocks keeps, written the plain way: regroup the whole window by peer at every sample."""
+
+    def __init__(self):
+        self.samples: dict[str, deque] = {}
+        self.known: dict[str, tuple[int, int]] = {}
+        self.spread = 0
+
+    def observe(self, looker, reporter, difference_ms):
+        if looker == reporter or abs(difference_ms) > 2 * BOUND_MS:
+            return
+        for exporter, peer, sample in ((reporter, looker, difference_ms), (looker, reporter, -difference_ms)):
+            samples = self.samples.setdefault(exporter, deque(maxlen=PeerClocks.SAMPLES))
+            samples.append((peer, sample))
+            by_peer: dict[str, list[int]] = {}
+            for p, d in samples:
+                by_peer.setdefault(p, []).append(d)
+            if len(by_peer) >= PeerClocks.MIN_PEERS:
+                ordered = sorted(sorted(ds)[len(ds) // 2] for ds in by_peer.values())
+                n = len(ordered)
+                median, scatter = ordered[n // 2], ordered[(3 * n) // 4] - ordered[n // 4]
+                self.known[exporter] = (median, scatter)
+                if abs(median) <= BOUND_MS:
+                    self.spread = max(self.spread, abs(median) + scatter)
+
+    def clock(self, exporter):
+        known = self.known.get(exporter)
+        if known is None:
+            return 0, max(0, self.spread - GUARD_MS // 2)
+        median, scatter = known
+        if abs(median) > BOUND_MS:
+            return None
+        return median, max(0, scatter - GUARD_MS // 2)
+
+    def untrusted(self):
+        return sorted(e for e in self.samples if self.clock(e) is None)
+
+
+def connections(rng: random.Random, count: int):
+    """Halves of connections among hosts of which some run skewed (a few beyond the bound), some peers
+    much busier than others, with differences coarse enough that equal medians are common."""
+    hosts = [f"h{i}" for i in range(rng.randint(4, 14))]
+    skew = {h: rng.choice([0, 0, 0, 200, -700, 3_000, -4_000, 7_000, -12_000]) for h in hosts}
+    weights = [rng.choice([1, 1, 2, 10]) for _ in hosts]
+    for _ in range(count):
+        looker, reporter = rng.choices(hosts, weights, k=2)
+        noise = rng.choice([0, 0, 50, -50, rng.randint(-600, 600), rng.randint(-3 * BOUND_MS, 3 * BOUND_MS)])
+        yield looker, reporter, skew[reporter] - skew[looker] + noise
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_peer_clocks_decide_exactly_as_regrouping_the_window_would(seed):
+    rng = random.Random(seed)
+    clocks, reference = PeerClocks(GUARD_MS, BOUND_MS), RegroupingPeerClocks()
+    evidence = list(connections(rng, 600))
+    hosts = sorted({h for looker, reporter, _ in evidence for h in (looker, reporter)}) + ["never-seen"]
+    for step, (looker, reporter, difference) in enumerate(evidence):
+        clocks.observe(looker, reporter, difference)
+        reference.observe(looker, reporter, difference)
+        if step == len(evidence) // 2:  # a shard restored from its snapshot goes on deciding the same
+            clocks = pickle.loads(pickle.dumps(clocks, protocol=pickle.HIGHEST_PROTOCOL))
+        assert clocks.known == reference.known, step
+        assert clocks.spread == reference.spread, step
+        assert [clocks.clock(h) for h in hosts] == [reference.clock(h) for h in hosts], step
+        assert clocks.untrusted() == reference.untrusted(), step
+    # The sequences reached what the equivalence is about: full windows, skewed and untrusted hosts.
+    assert any(len(s) == PeerClocks.SAMPLES for s in reference.samples.values())
+
+
+def test_one_busy_peer_with_a_bad_clock_cannot_pass_its_offset_on():
+    clocks = PeerClocks(GUARD_MS, BOUND_MS)
+    for i in range(40):  # "bad" runs 8 s ahead and reports most of "web"'s connections
+        clocks.observe("web", "bad", 8_000)
+        if i % 4 == 0:
+            clocks.observe("web", f"peer-{i % 12}", 0)
+            clocks.observe(f"peer-{i % 12}", "bad", 8_000)
+    assert clocks.clock("web") == (0, 0)
+    assert clocks.known["bad"] == (8_000, 0)
+    assert clocks.untrusted() == ["bad"]
