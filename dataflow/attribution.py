@@ -117,8 +117,10 @@ class Shard:
         self.window_ms = settings.connection_window_ms
         self.clock = ArrivalClock(partitions)
         self.now_ms = 0  # evidence that arrived up to here is applied, lookups due up to here decided
-        # Read but not yet arrived on the clock: a heap of (arrival, order, work), compared as tuples.
-        self.inbox: list[tuple[int, tuple, ShardWork]] = []
+        # Read but not yet arrived on the clock: a heap of (arrival, order, receipt number, work), compared
+        # as tuples (the number only parts works whose place is the same, which input never gives).
+        self.inbox: list[tuple[int, tuple, int, ShardWork]] = []
+        self.received = 0
         self.late = 0  # works read after the clock had passed their arrival (applied at once)
         self.peers = PeerClocks(self.guard_ms, clock_bound_ms)
         self.refused_claims = 0  # claims of exporters whose clocks their peers contradict
@@ -174,7 +176,8 @@ class Shard:
             self.late += 1
             self._apply(item, decided)
         else:
-            heapq.heappush(self.inbox, (item.arrival_ms, item.order, item))
+            self.received += 1
+            heapq.heappush(self.inbox, (item.arrival_ms, item.order, self.received, item))
         now = self.clock.now()
         if now is not None and self.now_ms < now < ENDED:  # every input ended: finish() answers the rest
             self._advance_to(now, decided)
@@ -185,7 +188,7 @@ class Shard:
         is known, or give up."""
         decided: list[Flow] = []
         if self.inbox:
-            self._advance_to(max(arrival for arrival, _, _ in self.inbox), decided)
+            self._advance_to(max(entry[0] for entry in self.inbox), decided)
         while self.first_try_points:
             for p in lookups(self.first_tries.pop(heapq.heappop(self.first_try_points)), self.names):
                 decided.append(self._final(p))
@@ -212,7 +215,7 @@ class Shard:
             if min(work_at, due_at, prune_at) > now or work_at == due_at == ENDED:
                 break
             if work_at <= due_at and work_at <= prune_at:
-                work = heapq.heappop(inbox)[2]
+                work = heapq.heappop(inbox)[3]
                 self.now_ms = max(self.now_ms, work.arrival_ms)
                 self._apply(work, decided)
             elif due_at <= prune_at:

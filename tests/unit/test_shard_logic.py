@@ -1,8 +1,8 @@
 """The Bytewax hold on a shard, driven directly: a surprise while one message's work is applied
 dead-letters that work's flows with the exception, and the shard goes on with the next."""
 
-from dataflow.attribution import Lookup, ShardWork
-from dataflow.config import load_config
+from dataflow.attribution import Lookup, Progress, Shard, ShardWork
+from dataflow.config import AttributionConfig, load_config
 from dataflow.flow import ShardLogic, StateCollector
 from dataflow.records import RAW
 from dataflow.routing import Tally
@@ -37,3 +37,13 @@ def test_a_failing_work_dead_letters_its_lookups_and_the_shard_goes_on(monkeypat
     assert tally.snapshot() == {"errors.shard": 1, "dead.internal_error": 2}
     answered, _ = logic.on_eof()
     assert sorted(f["flow_id"] for flows in answered for f in flows) == ["good-1", "good-2"]
+
+
+def test_works_that_name_the_same_place_are_applied_in_the_order_they_came():
+    shard = Shard(AttributionConfig(), frozenset({("raw", 0)}))
+    for i in range(3):
+        shard.absorb(ShardWork(NOW, (2, 0, 0), [Lookup(flow(f"same-place-{i}"))]))
+    assert len(shard.inbox) == 3
+    shard.absorb(Progress({("raw", 0): NOW + 1}))
+    assert shard.pending() == 3 and not shard.inbox
+    assert [a["flow_id"] for a in shard.finish()] == ["same-place-0", "same-place-1", "same-place-2"]
