@@ -18,6 +18,7 @@ from bench.harness import REPO, save
 from dataflow.attribution import Shard
 from dataflow.config import AttributionConfig, Config, load_config
 from dataflow.entitlements import Entitlements
+from dataflow.packed import CARRIED
 from dataflow.records import Origin
 from dataflow.routing import Message, Router, Tally
 
@@ -174,7 +175,8 @@ def render(record: dict) -> str:
               f"- a pending lookup alone (flows without a local workload leave no report): "
               f"**{lookups['bytes_per_pending_flow']:.0f} B** ({alone} the goal); so a connection report costs about "
               f"**{report:.0f} B** more.",
-              "- A connection report that came before its other end's lookup goes along with the lookup (16 B in it);",
+              "- A connection report that came before its other end's lookup goes along with the lookup"
+              f" ({CARRIED.size} B in it);",
               "  one that came after waits in the shard's table until that lookup is answered from it. Reports no",
               f"  lookup used are kept delay + max wait after their arrival ({kept_s:g} s at the defaults), at most",
               "  `max_connections_per_shard` a shard; a lookup waits delay after its start"
