@@ -271,11 +271,11 @@ class Shard:
                 first = first_try_ms(start, arrival, self.delay_ms)
                 settle = first_try_ms(start, arrival, self.event_settle_ms)
                 key = connection_key(flow["remote_ip"], flow["remote_port"], flow["local_ip"], flow["local_port"])
-                unnamed = not self._named(flow["remote_ip"], key, ())
                 # The other end's reports that came first go along with the lookup: no table entry to keep.
                 carried = self._reports(key)
                 if carried:
                     self._drop_reports(key)
+                unnamed = not self._named(flow["remote_ip"], key, carried)
                 packed = pack_lookup(flow, key, start, first + self.max_wait_ms - self.delay_ms, settle, unnamed,
                                      carried, self.names)
                 self._hold_first_try(first, packed)
@@ -428,7 +428,7 @@ class Shard:
         else:
             del self.waiting[where]
 
-    def _named(self, ip: str, key: bytes, carried: tuple[int, ...]) -> bool:
+    def _named(self, ip: str, key: bytes, carried: tuple[int, ...] | list[int]) -> bool:
         """Whether any evidence here speaks of the address a lookup asks about."""
         return bool(ip in self.ranges or ip in self.port_ranges or ip in self.events or carried or key in self.reports)
 
