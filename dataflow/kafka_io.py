@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import orjson
@@ -40,6 +41,9 @@ from dataflow.routing import Message
 # decides (dataflow/clock.py), which no producer can set.
 ARRIVAL_TIME = {"message.timestamp.type": "LogAppendTime"}
 CAUGHT_UP_EVERY_S = 0.1
+# A partition that has caught up is asked again only after this pause: left to itself, Bytewax's reader
+# would poll it every millisecond, and a quiet job (one waiting out its max wait) would burn CPU for nothing.
+IDLE_POLL_S = 0.05
 # Told where a reader is: (topic, partition, next offset to read, the partition's low and high watermarks).
 PositionWatch = Callable[[str, int, int, int, int], None]
 
@@ -293,15 +297,20 @@ class _CaughtUpPartition(StatefulSourcePartition):
         self.watch = watch
         self.partition = TopicPartition(inner._topic, inner._part_idx)
         self.said_at = 0.0
+        self.awake: datetime | None = None
 
     def next_batch(self):
+        self.awake = None
         batch = self.inner.next_batch()
         if self.watch is not None:
             self._tell_position()
         if batch:
             return batch
+        if not self._caught_up():
+            return batch
+        self.awake = datetime.now(timezone.utc) + timedelta(seconds=IDLE_POLL_S)
         now = time.monotonic()
-        if now - self.said_at < CAUGHT_UP_EVERY_S or not self._caught_up():
+        if now - self.said_at < CAUGHT_UP_EVERY_S:
             return batch
         self.said_at = now
         return [CaughtUp(self.partition.topic, self.partition.partition, int(time.time() * 1000) - self.margin_ms)]
@@ -330,7 +339,7 @@ class _CaughtUpPartition(StatefulSourcePartition):
             self.watch(self.partition.topic, self.partition.partition, self.inner._offset, low, high)
 
     def next_awake(self):
-        return self.inner.next_awake()
+        return self.awake
 
     def snapshot(self):
         return self.inner.snapshot()

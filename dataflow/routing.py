@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from dataflow.attribution import Assignment, Claim, Connection, Lookup, Progress, ShardWork
+from dataflow.attribution import Assignment, Claim, Connection, Lookup, Progress, Shard, ShardWork
 from dataflow.clock import ArrivalCheck, PartitionId
 from dataflow.config import Config
 from dataflow.entitlements import Entitlements
@@ -136,6 +136,7 @@ class Router:
         self.progress: dict[PartitionId, int] = {}  # partition -> arrival time read up to
         self.told: dict[PartitionId, int] = {}
         self.told_at = 0.0
+        self.told_cell = -1
         self.floor: dict[PartitionId, int] = {}  # recordings without arrival times: the latest seen
         # A fleet's flows name the same addresses over and over: remember each one's canonical form,
         # shard and region rather than parse, hash and look it up in the trie for every record.
@@ -263,10 +264,18 @@ class Router:
         routed.works = [(self.shard_keys[i], work) for i, work in works.items()]
 
     def _tell_progress(self, out: list[tuple[str, Any]]) -> None:
-        """Every shard hears how far this worker has read, after this batch's work for it."""
+        """Every shard hears how far this worker has read, after this batch's work for it.
+
+        Only when it can matter: shards decide on a grid of due points, and their clock is the slowest
+        partition's progress, so while this worker's slowest partition stays between the same two
+        points (on the same partitions) no decision can come due, and a quiet job stays quiet."""
         wall = self.wall_s()
         if self.progress == self.told or wall - self.told_at < PROGRESS_EVERY_S:
             return
+        cell = min(self.progress.values()) // Shard.DUE_GRID_MS
+        if cell == self.told_cell and self.progress.keys() == self.told.keys():
+            return
+        self.told_cell = cell
         self.told = dict(self.progress)
         self.told_at = wall
         told = Progress(self.told)

@@ -6,7 +6,7 @@ import threading
 import orjson
 import pytest
 
-from dataflow.attribution import Claim, Connection, Lookup, Progress
+from dataflow.attribution import Claim, Connection, Lookup, Progress, Shard
 from dataflow.config import ConfigError, load_config
 from dataflow.entitlements import Entitlements
 from dataflow.records import FORWARDED, IP_EVENTS, RAW, Origin
@@ -141,6 +141,25 @@ def test_a_claim_through_a_shared_address_carries_its_ports():
     r, _ = router()
     out = r.route([message([flow("10.0.0.2", local_ports=[20000, 20999]), heartbeat(ports=[21000, 21999])])])
     assert sorted(c.ports for c in items(out, Claim)) == [(20000, 20999), (21000, 21999)]
+
+
+def test_a_quiet_reader_tells_the_shards_only_when_its_progress_crosses_a_due_point():
+    config = load_config(environ={}, overrides={"region": "us-east", "attribution.shards": 4})
+    config = config.__class__(**{**config.__dict__, "regions": REGIONS})
+    wall = [0.0]
+    r = Router(config, Tally(), Entitlements(False), now_ms=lambda: NOW, wall_s=lambda: wall[0])
+    grid = Shard.DUE_GRID_MS
+    start = (NOW // grid) * grid
+    told = []
+    # A reader that has caught up says so every 0.1 s, each time a little further on.
+    for i in range(40):
+        wall[0] += 0.1
+        caught_up = [Message(None, Origin("t", p, -1, RAW), caught_up_ms=start + 100 * i + p) for p in (0, 1)]
+        told += [w.reached for t, w in r.route(caught_up) if type(w) is Progress and t == r.shard_keys[0]]
+    # The first word, then once for each due point the slower partition passed, at the first progress
+    # that reached it: no decision comes later than if every word were told.
+    slowest = [min(reached.values()) for reached in told]
+    assert slowest == [start, start + grid, start + 2 * grid, start + 3 * grid]
 
 
 def test_each_worker_thread_routes_with_its_own_progress():
