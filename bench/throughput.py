@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench import fleet
+from bench import at_rest, fleet
 from bench.harness import cpu_seconds, guarded, median_run, new_consumer, start_jobs, stop_jobs, trim_profile
 from dataflow import simulate as sim
 from dataflow.config import FilesConfig
@@ -57,6 +57,16 @@ class Progress:
     def crossing(self, flows: int) -> tuple[float, int, float] | None:
         return next((p for p in self.points if p[1] >= flows), None)
 
+    def phases(self, started: float, flows: int) -> dict[str, dict[str, float]] | None:
+        """The run cut where its first flow and where 99% of its flows were out: start-up, answering,
+        and waiting (for the arrival clock to pass the last lookups' max wait), each in wall and CPU s."""
+        first, most = self.crossing(1), self.crossing(-(-flows * 99 // 100))
+        if not first or not most:
+            return None
+        last = self.points[-1]
+        cuts = [("start-up", (started, 0, 0.0), first), ("answering", first, most), ("waiting", most, last)]
+        return {name: {"wall_s": b[0] - a[0], "cpu_s": b[2] - a[2], "flows": b[1] - a[1]} for name, a, b in cuts}
+
 
 def end_to_end(bootstrap: str, records: fleet.Records, workdir: Path, processes: int, timeout_s: float,
                profile: bool = False) -> dict[str, Any]:
@@ -92,12 +102,7 @@ def end_to_end(bootstrap: str, records: fleet.Records, workdir: Path, processes:
     }
     if not result["complete"]:
         result["error"] = f"{flows} of {records.flows} flows within {timeout_s:.0f} s; " + errors
-    # Steady state: from 10% to 90% of the flows out, without start-up and the final wait for the arrival
-    # clock to pass the last lookups' first try.
-    lo, hi = progress.crossing(records.flows // 10), progress.crossing(records.flows * 9 // 10)
-    if lo and hi and hi[0] > lo[0]:
-        result["steady_flows_per_s"] = (hi[1] - lo[1]) / (hi[0] - lo[0])
-        result["steady_flows_per_cpu_s"] = (hi[1] - lo[1]) / max(hi[2] - lo[2], 1e-9)
+    result["phases"] = progress.phases(started, records.flows)
     if profile and profile_path.exists():
         text = io.StringIO()
         stats = pstats.Stats(str(profile_path), stream=text)
@@ -146,6 +151,7 @@ def run(records: fleet.Records, workdir: Path, bootstrap: str | None, repeat: in
         guarded("kafka, 1 process", lambda: median_run(lambda: end_to_end(bootstrap, records, workdir, 1, 600), repeat),
                 figures)
         guarded("kafka, 1 process, cProfile", lambda: end_to_end(bootstrap, records, workdir, 1, 600, profile=True), figures)
+    guarded("bytewax at rest", at_rest.measure, figures)
     return figures
 
 
@@ -153,6 +159,12 @@ def per_core(figures: dict[str, Any]) -> float | None:
     """Every flow over every CPU second of the job (1 process, Kafka to Kafka)."""
     one = figures.get("kafka, 1 process", {})
     return one["flows"] / one["cpu_s"] if one.get("cpu_s") and one.get("complete") else None
+
+
+def answering(run: dict[str, Any]) -> dict[str, float] | None:
+    """The run's answering phase: from its first flow out until 99% were out, with no start-up and no
+    wait for the last lookups' max wait."""
+    return (run.get("phases") or {}).get("answering")
 
 
 def _per_s(n: float, s: float | None) -> str:
@@ -169,10 +181,39 @@ def table(figures: dict[str, Any]) -> list[str]:
         note = "" if x.get("complete") else " (INCOMPLETE)"
         rows.append(f"| {name}{note} | {x['wall_s']:.1f} | {_per_s(x['flows'], x['wall_s'])} | {x['cpu_s']:.1f} "
                     f"| {_per_s(x['flows'], x['cpu_s'])} | {runs} |")
-        if "steady_flows_per_cpu_s" in x and "cProfile" not in name:
-            rows.append(f"| {name}, steady (10% -> 90% of the flows out) | | {x['steady_flows_per_s']:,.0f} | "
-                        f"| {x['steady_flows_per_cpu_s']:,.0f} | |")
+        busy = answering(x)
+        if busy and "cProfile" not in name:
+            rows.append(f"| {name}, answering (first flow out -> 99% out) | {busy['wall_s']:.1f} "
+                        f"| {_per_s(busy['flows'], busy['wall_s'])} | {busy['cpu_s']:.1f} "
+                        f"| {_per_s(busy['flows'], busy['cpu_s'])} | |")
     return rows
+
+
+def phase_table(figures: dict[str, Any]) -> list[str]:
+    """Where the Kafka run's CPU seconds went in time, against what Bytewax spends doing nothing."""
+    run = figures.get("kafka, 1 process", {})
+    phases = run.get("phases")
+    if not phases or not run.get("cpu_s"):
+        return []
+    rows = ["| phase | wall s | CPU s | share of the CPU | CPU s a wall second | flows out |", "|---|---:|---:|---:|---:|---:|"]
+    for name, x in phases.items():
+        rate = x["cpu_s"] / x["wall_s"] if x["wall_s"] else 0.0
+        rows.append(f"| {name} | {x['wall_s']:.1f} | {x['cpu_s']:.1f} | {100 * x['cpu_s'] / run['cpu_s']:.0f}% "
+                    f"| {rate:.3f} | {x['flows']:,} |")
+    rest = figures.get("bytewax at rest", {})
+    waiting = phases["waiting"]
+    lines = ["### Where the CPU seconds go in time", "",
+             "The median Kafka run cut where its first flow and where 99% of its flows were out. In the waiting",
+             "phase the job holds the last lookups until the arrival clock passes their max wait, with nothing",
+             "to read.", "", *rows, ""]
+    if rest.get("cpu_per_s") and waiting["wall_s"]:
+        share = rest["cpu_per_s"] * waiting["wall_s"] / run["cpu_s"]
+        lines += [f"A Bytewax dataflow with nothing to do (`bench/at_rest.py`, {rest['wall_s']:.0f} s) spends "
+                  f"{rest['cpu_per_s']:.3f} CPU s a wall second: its worker wakes every millisecond. Over the waiting "
+                  f"phase that floor alone is {100 * share:.0f}% of the run's CPU. Without the waiting phase the run "
+                  f"would have answered {_per_s(run['flows'] - waiting['flows'], run['cpu_s'] - waiting['cpu_s'])} "
+                  "flows per CPU second.", ""]
+    return lines
 
 
 def stage_table(figures: dict[str, Any], core: float | None) -> list[str]:
@@ -214,7 +255,7 @@ def render(record: dict[str, Any]) -> str:
     verdict = ("not measured" if core is None else f"**met**: {core:,.0f}" if core >= TARGET_PER_CORE
                else f"**missed** by {TARGET_PER_CORE / core:.1f}x: {core:,.0f} flows per CPU second, "
                     f"{1e6 / core:.0f} µs a flow against {1e6 / TARGET_PER_CORE:.0f}")
-    profiles = stage_table(figures, core)
+    profiles = phase_table(figures) + stage_table(figures, core)
     for name in ("file mode, cProfile", "kafka, 1 process, cProfile"):
         if figures.get(name, {}).get("profile"):
             profiles += [f"### Profile: {name} (top functions by own time)", "", "```", figures[name]["profile"], "```", ""]
