@@ -78,6 +78,7 @@ eval: $(STAMP)
 bench: $(STAMP) kafka-jars ebpf-deps cni-plugins
 	rm -rf out/bench
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.at_rest
 	$(BIN)/python -m bench.latency --no-document
 	-$(BIN)/python -m bench.exporter_bench
 	$(BIN)/python -m bench.render

@@ -54,8 +54,8 @@ def planning(tput: dict | None, mem: dict | None, sus: dict | None) -> str:
 
 
 def document() -> str:
-    runs = {name: load(name) for name in ("throughput", "ceilings", "scale_out", "memory", "sustained", "latency",
-                                          "exporter_bench")}
+    runs = {name: load(name) for name in ("throughput", "ceilings", "scale_out", "at_rest", "memory", "sustained",
+                                          "latency", "exporter_bench")}
     tput = runs["throughput"]
     parts = ["# Benchmarks", "",
              "Written by `make bench` from the figures of one run (out/bench/*.json); nothing here is typed by hand.",
@@ -71,11 +71,11 @@ def document() -> str:
         parts += ["", f"Not measured in this run: {', '.join(missing)}."]
     parts.append("")
     if tput:
-        parts.append(throughput.render(tput))
+        parts.append(throughput.render(tput, runs["at_rest"]))
     if runs["ceilings"]:
         parts.append(ceilings.render(runs["ceilings"], throughput.per_core(tput["figures"]) if tput else None))
     if runs["scale_out"]:
-        parts.append(scale_out.render(runs["scale_out"]))
+        parts.append(scale_out.render(runs["scale_out"], runs["at_rest"]))
     if runs["memory"]:
         parts.append(memory.render(runs["memory"]))
     if runs["sustained"]:
