@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
@@ -283,20 +284,37 @@ class ArrivalSource(KafkaSource):
         super().__init__(*args, **kwargs)
         self.margin_ms = margin_ms
         self.watch = watch
+        self._admin: AdminClient | None = None
+        self._admin_lock = threading.Lock()
 
     def build_part(self, step_id, for_part, resume_state):
-        return _CaughtUpPartition(super().build_part(step_id, for_part, resume_state), self.margin_ms, self.watch)
+        return _CaughtUpPartition(super().build_part(step_id, for_part, resume_state), self.margin_ms, self.watch,
+                                  self.admin)
+
+    def admin(self) -> AdminClient:
+        """One client per process asks the broker for its partitions' high watermarks."""
+        with self._admin_lock:
+            if self._admin is None:
+                self._admin = AdminClient({"bootstrap.servers": ",".join(self._brokers), **self._add_config})
+            return self._admin
 
 
 class _CaughtUpPartition(StatefulSourcePartition):
-    """Wraps Bytewax's partition reader (0.21: its consumer and next offset are `_consumer`, `_offset`)."""
+    """Wraps Bytewax's partition reader (0.21: its consumer and next offset are `_consumer`, `_offset`).
 
-    def __init__(self, inner, margin_ms: int, watch: PositionWatch | None = None):
+    The word "caught up as of t" is a promise that every message the broker stamped before t (less the
+    margin) has been read. The watermark a consumer caches is only as fresh as its last fetch, which a
+    loaded machine can leave seconds behind, so the word is given only after the broker itself was
+    asked for the partition's end, and speaks of the moment the question was sent."""
+
+    def __init__(self, inner, margin_ms: int, watch: PositionWatch | None = None, admin=None):
         self.inner = inner
         self.margin_ms = margin_ms
         self.watch = watch
+        self.admin = admin
         self.partition = TopicPartition(inner._topic, inner._part_idx)
         self.said_at = 0.0
+        self.asked: tuple[Future, int] | None = None  # a question in flight, and when it was sent
         self.awake: datetime | None = None
 
     def next_batch(self):
@@ -306,23 +324,49 @@ class _CaughtUpPartition(StatefulSourcePartition):
             self._tell_position()
         if batch:
             return batch
-        if not self._caught_up():
+        cached = self._cached_ends()
+        if cached is None or not self._caught_up(*cached):
             return batch
         self.awake = datetime.now(timezone.utc) + timedelta(seconds=IDLE_POLL_S)
+        word = self._answer(cached[0])
+        if word is not None:
+            return [word]
         now = time.monotonic()
-        if now - self.said_at < CAUGHT_UP_EVERY_S:
-            return batch
-        self.said_at = now
-        return [CaughtUp(self.partition.topic, self.partition.partition, int(time.time() * 1000) - self.margin_ms)]
+        if self.asked is None and now - self.said_at >= CAUGHT_UP_EVERY_S:
+            self.said_at = now
+            self._ask()
+        return batch
 
-    def _caught_up(self) -> bool:
-        consumer = self.inner._consumer
+    def _ask(self) -> None:
+        asked_ms = int(time.time() * 1000)
         try:
-            low, high = consumer.get_watermark_offsets(self.partition, cached=True)
+            future = self.admin().list_offsets({self.partition: OffsetSpec.latest()})[self.partition]
         except KafkaException:
-            return False
-        if high < 0:
-            return False
+            return
+        self.asked = (future, asked_ms)
+
+    def _answer(self, low: int) -> CaughtUp | None:
+        """The word, once the broker has answered and nothing came after what was read."""
+        if self.asked is None or not self.asked[0].done():
+            return None
+        future, asked_ms = self.asked
+        self.asked = None
+        try:
+            high = future.result().offset
+        except KafkaException:
+            return None
+        if not self._caught_up(low, high):
+            return None
+        return CaughtUp(self.partition.topic, self.partition.partition, asked_ms - self.margin_ms)
+
+    def _cached_ends(self) -> tuple[int, int] | None:
+        try:
+            low, high = self.inner._consumer.get_watermark_offsets(self.partition, cached=True)
+        except KafkaException:
+            return None
+        return None if high < 0 else (low, high)
+
+    def _caught_up(self, low: int, high: int) -> bool:
         position = self.inner._offset
         if position < 0:
             # Nothing read yet: caught up only if there is nothing to read.
