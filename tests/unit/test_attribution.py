@@ -280,3 +280,29 @@ def test_an_assignment_that_changed_within_the_guard_of_the_start_is_a_conflict(
                                                at(T0 + 6 * MIN))}
     assert (answers[T0]["outcome"], answers[T0]["reason"]) == ("unattributed", "conflict")
     assert answers[T0 + 3_000]["remote_workload"] == "lb/new"
+
+
+def _lookups_whose_clocks_only_their_first_tries_learn(s):
+    """Three reporters' clocks apart from the client's, known only once the client's lookups of their
+    connections are tried; then, in the same second, a lookup by a host nobody knows yet, of a flow that
+    starts 1.2 s into its remote address's first claim: how far that host may be off decides it."""
+    looks = []
+    for n, (reporter, skew) in enumerate((("r1", 0), ("r2", 2_500), ("r3", 5_000))):
+        key = ("10.0.0.20", 443, "10.0.0.1", 41000 + n)
+        looks.append(Connection(key, T0 + skew, "svc", reporter))
+        looks.append(Lookup({**flow(remote_ip="10.0.0.20", local_port=41000 + n), "flow_id": f"r{n}"}))
+    feed(s, work(T0 + 10, claim("10.0.0.9", "web", T0, T0 + MIN)))
+    feed(s, work(T0 + 20, *looks, Lookup({**flow(start=T0 + 1_200, exporter="newcomer"), "flow_id": "edge"})))
+
+
+def test_the_end_of_input_decides_each_lookup_as_a_quiet_live_clock_would():
+    live, ended = shard(), shard()
+    _lookups_whose_clocks_only_their_first_tries_learn(live)
+    _lookups_whose_clocks_only_their_first_tries_learn(ended)
+    quiet = {a["flow_id"]: a for a in feed(live, at(T0 + 10 * MIN))}
+    finished = {a["flow_id"]: a for a in ended.finish()}
+    # The first tries sample the reporters' clocks, which widens what an unknown host may be off past the
+    # claim's start: the edge flow cannot be told. The end of input must not answer it from less.
+    assert quiet["edge"]["outcome"] == "unattributed"
+    assert finished == quiet
+    assert live.pending() == ended.pending() == 0

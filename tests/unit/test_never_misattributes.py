@@ -39,8 +39,7 @@ def owner_at(tenures, t):
     return None
 
 
-@settings(max_examples=150, deadline=None)
-@given(
+GIVEN = dict(
     history=histories(),
     flows=st.lists(
         st.tuples(st.sampled_from(ADDRESSES), st.integers(0, 2_400_000), st.integers(0, 5_000), delay, st.booleans()),
@@ -49,8 +48,13 @@ def owner_at(tenures, t):
     ),
     heartbeat_delays=st.lists(delay, min_size=60, max_size=60),
 )
-def test_no_flow_is_attributed_to_a_workload_that_did_not_own_the_address(history, flows, heartbeat_delays):
-    arrivals = []  # (arrival time, order, ShardWork)
+
+
+def evidence(history, flows, heartbeat_delays, ahead=None):
+    """(arrival time, order, item) of every heartbeat, lookup and server report that was not lost, and
+    each flow's true owner. `ahead`: how far each owner's host clock runs ahead of the client's."""
+    ahead = ahead or {}
+    arrivals = []
     n = 0
     for ip, tenures in history.items():
         for owner, start, end in tenures:
@@ -61,7 +65,8 @@ def test_no_flow_is_attributed_to_a_workload_that_did_not_own_the_address(histor
                 d = heartbeat_delays[n % len(heartbeat_delays)]
                 n += 1
                 if d is not None:
-                    arrivals.append((chunk_end + d, n, Claim(ip, owner, t, chunk_end, None, f"host-{owner}")))
+                    skew = ahead.get(owner, 0)
+                    arrivals.append((chunk_end + d, n, Claim(ip, owner, t + skew, chunk_end + skew, None, f"host-{owner}")))
                 t = chunk_end
     truth = {}
     for i, (ip, start, length, d, server_reports) in enumerate(flows):
@@ -77,12 +82,25 @@ def test_no_flow_is_attributed_to_a_workload_that_did_not_own_the_address(histor
             # The server's own report of the connection, as its exporter captured it.
             key = (ip, 443, "192.0.2.1", 40000 + i)
             n += 1
-            arrivals.append((start + length + d, n, Connection(key, start, owner, f"host-{owner}")))
+            arrivals.append((start + length + d, n, Connection(key, start + ahead.get(owner, 0), owner, f"host-{owner}")))
+    return sorted(arrivals, key=lambda a: (a[0], a[1])), truth
+
+
+def read(arrivals) -> tuple[Shard, list]:
+    """A shard fed every arrival in order, its clock just behind each; its answers so far."""
     shard = Shard(AttributionConfig(delay_s=60, max_wait_s=300, skew_guard_ms=1000), frozenset({("raw", 0)}))
     answers = []
-    for arrival, n, item in sorted(arrivals, key=lambda a: (a[0], a[1])):
+    for arrival, n, item in arrivals:
         answers.extend(shard.absorb(ShardWork(arrival, (2, 0, n), [item])))
         answers.extend(shard.absorb(Progress({("raw", 0): arrival - 1})))
+    return shard, answers
+
+
+@settings(max_examples=150, deadline=None)
+@given(**GIVEN)
+def test_no_flow_is_attributed_to_a_workload_that_did_not_own_the_address(history, flows, heartbeat_delays):
+    arrivals, truth = evidence(history, flows, heartbeat_delays)
+    shard, answers = read(arrivals)
     answers.extend(shard.finish())
 
     delivered = {str(i) for i, f in enumerate(flows) if f[3] is not None}
@@ -90,3 +108,18 @@ def test_no_flow_is_attributed_to_a_workload_that_did_not_own_the_address(histor
     for a in answers:
         if a["outcome"] == "attributed":
             assert a["remote_workload"] == truth[a["flow_id"]], a
+
+
+@settings(max_examples=150, deadline=None)
+@given(**GIVEN, ahead=st.fixed_dictionaries({o: st.integers(-3_000, 3_000) for o in "abc"}))
+def test_the_end_of_a_recording_answers_as_a_live_job_whose_input_went_quiet(history, flows, heartbeat_delays, ahead):
+    """A file run ends its input and finishes; a live job reads nothing more while its clock runs on
+    past every deadline. Over the same arrivals, hosts' clocks apart, every answer is the same."""
+    arrivals, _ = evidence(history, flows, heartbeat_delays, ahead)
+    ended, answers = read(arrivals)
+    answers.extend(ended.finish())
+    quiet, live = read(arrivals)
+    last = max((a[0] for a in arrivals), default=0)
+    live.extend(quiet.absorb(Progress({("raw", 0): last + 3_600_000})))
+    assert ended.pending() == quiet.pending() == 0
+    assert sorted(answers, key=lambda a: a["flow_id"]) == sorted(live, key=lambda a: a["flow_id"])
