@@ -213,9 +213,10 @@ def timestamped(bootstrap: str, topic: str, timeout: float = 30.0) -> list[tuple
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("kafka-io"), "enable.auto.commit": False})
     try:
         parts = sorted(c.list_topics(topic, timeout=timeout).topics[topic].partitions)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in parts}
+        deadline = time.monotonic() + timeout
+        ends = {p: _watermarks(c, TopicPartition(topic, p), deadline) for p in parts}
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        out, deadline = [], time.monotonic() + timeout
+        out = []
         done = {p for p, (lo, hi) in ends.items() if hi <= lo}
         while len(done) < len(parts) and time.monotonic() < deadline:
             for m in c.consume(num_messages=1000, timeout=0.2):
@@ -226,3 +227,15 @@ def timestamped(bootstrap: str, topic: str, timeout: float = 30.0) -> list[tuple
         return out
     finally:
         c.close()
+
+
+def _watermarks(c: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
+    # A partition whose leadership is still settling (a topic the job has just created, on a loaded
+    # machine) answers "not leader" for a moment: a retriable error, asked again until the deadline.
+    while True:
+        try:
+            return c.get_watermark_offsets(partition, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as e:
+            if not e.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
