@@ -45,6 +45,8 @@ CAUGHT_UP_EVERY_S = 0.1
 # A partition that has caught up is asked again only after this pause: left to itself, Bytewax's reader
 # would poll it every millisecond, and a quiet job (one waiting out its max wait) would burn CPU for nothing.
 IDLE_POLL_S = 0.05
+# A question about a partition's end not answered in this long is given up and asked again by a new client.
+UNANSWERED_MS = 10_000
 # Told where a reader is: (topic, partition, next offset to read, the partition's low and high watermarks).
 PositionWatch = Callable[[str, int, int, int, int], None]
 
@@ -285,15 +287,22 @@ class ArrivalSource(KafkaSource):
         self.margin_ms = margin_ms
         self.watch = watch
         self._admin: AdminClient | None = None
+        self._replaced_at = -1.0  # a broken broker must not have a new client made every 0.1 s
         self._admin_lock = threading.Lock()
 
     def build_part(self, step_id, for_part, resume_state):
         return _CaughtUpPartition(super().build_part(step_id, for_part, resume_state), self.margin_ms, self.watch,
                                   self.admin)
 
-    def admin(self) -> AdminClient:
-        """One client per process asks the broker for its partitions' high watermarks."""
+    def admin(self, failed: AdminClient | None = None) -> AdminClient:
+        """One client per process asks the broker for its partitions' high watermarks. A client whose
+        question failed is replaced (once, however many partitions saw it fail, and at most once a second): its view of the
+        partitions' leaders may be stale, and it would not refresh it (seen: "leader epoch is older than
+        broker epoch" on every question after a leader change, which froze the arrival clock)."""
         with self._admin_lock:
+            now = time.monotonic()
+            if self._admin is not None and self._admin is failed and now - self._replaced_at >= 1.0:
+                self._admin, self._replaced_at = None, now
             if self._admin is None:
                 self._admin = AdminClient({"bootstrap.servers": ",".join(self._brokers), **self._add_config})
             return self._admin
@@ -314,7 +323,7 @@ class _CaughtUpPartition(StatefulSourcePartition):
         self.admin = admin
         self.partition = TopicPartition(inner._topic, inner._part_idx)
         self.said_at = 0.0
-        self.asked: tuple[Future, int] | None = None  # a question in flight, and when it was sent
+        self.asked: tuple[Future, int, AdminClient] | None = None  # a question in flight: when, by whom
         self.awake: datetime | None = None
 
     def next_batch(self):
@@ -339,21 +348,29 @@ class _CaughtUpPartition(StatefulSourcePartition):
 
     def _ask(self) -> None:
         asked_ms = int(time.time() * 1000)
+        admin = self.admin()
         try:
-            future = self.admin().list_offsets({self.partition: OffsetSpec.latest()})[self.partition]
+            future = admin.list_offsets({self.partition: OffsetSpec.latest()})[self.partition]
         except KafkaException:
+            self.admin(failed=admin)
             return
-        self.asked = (future, asked_ms)
+        self.asked = (future, asked_ms, admin)
 
     def _answer(self, low: int) -> CaughtUp | None:
         """The word, once the broker has answered and nothing came after what was read."""
-        if self.asked is None or not self.asked[0].done():
+        if self.asked is None:
             return None
-        future, asked_ms = self.asked
+        future, asked_ms, admin = self.asked
+        if not future.done():
+            if time.time() * 1000 - asked_ms > UNANSWERED_MS:
+                self.asked = None
+                self.admin(failed=admin)
+            return None
         self.asked = None
         try:
             high = future.result().offset
         except KafkaException:
+            self.admin(failed=admin)
             return None
         if not self._caught_up(low, high):
             return None

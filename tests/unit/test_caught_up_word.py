@@ -1,0 +1,84 @@
+"""The reader's caught-up word when the broker's answers fail: the client that asked is replaced, and the
+word comes once a new client's answer does. (With a real broker: tests/integration/test_caught_up.py.)"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+
+from confluent_kafka import KafkaError, KafkaException
+
+from dataflow.kafka_io import ArrivalSource, CaughtUp, _CaughtUpPartition
+
+
+class _Consumer:
+    def get_watermark_offsets(self, partition, cached=False):
+        return 0, 5
+
+
+class _Reader:
+    """Bytewax's partition reader, read up to offset 5 of 5."""
+
+    _topic, _part_idx, _offset, _consumer = "flows.raw", 0, 5, _Consumer()
+
+    def next_batch(self):
+        return []
+
+
+class _Answer:
+    offset = 5
+
+
+class _Admin:
+    """Answers every question with `outcome`: an error, or the partition's end."""
+
+    def __init__(self, outcome):
+        self.outcome, self.asked = outcome, 0
+
+    def list_offsets(self, request):
+        self.asked += 1
+        future = Future()
+        if isinstance(self.outcome, KafkaError):
+            future.set_exception(KafkaException(self.outcome))
+        else:
+            future.set_result(self.outcome)
+        return {partition: future for partition in request}
+
+
+def _words(part, seconds=1.5):
+    words = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        words += [w for w in part.next_batch() if type(w) is CaughtUp]
+        time.sleep(0.01)
+    return words
+
+
+def test_a_client_whose_answers_fail_is_replaced_and_the_word_then_comes(monkeypatch):
+    fenced = KafkaError(KafkaError.FENCED_LEADER_EPOCH)
+    made = [_Admin(fenced), _Admin(_Answer())]
+    monkeypatch.setattr("dataflow.kafka_io.AdminClient", lambda settings: made.pop(0))
+    source = ArrivalSource(["127.0.0.1:9"], ["flows.raw"], margin_ms=1000)
+    stale = source.admin()
+    part = _CaughtUpPartition(_Reader(), 1000, None, source.admin)
+
+    before = int(time.time() * 1000)
+    words = _words(part)
+    assert stale.asked == 1, "a failed client was asked again"
+    assert source.admin() is not stale
+    assert words and all(w.at_ms >= before - 1000 for w in words)
+
+
+def test_a_broker_that_always_fails_gets_a_new_client_at_most_once_a_second(monkeypatch):
+    made = []
+
+    def client(settings):
+        made.append(_Admin(KafkaError(KafkaError._TRANSPORT)))
+        return made[-1]
+
+    monkeypatch.setattr("dataflow.kafka_io.AdminClient", client)
+    source = ArrivalSource(["127.0.0.1:9"], ["flows.raw"], margin_ms=1000)
+    part = _CaughtUpPartition(_Reader(), 1000, None, source.admin)
+    assert _words(part, 2.5) == []
+    # Asked every 0.1 s, each question failing: the first client, then one more a second at most.
+    assert sum(a.asked for a in made) >= 10
+    assert 2 <= len(made) <= 4
