@@ -32,6 +32,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from dataflow.attribution import Shard
 from dataflow.config import Config, ConfigError
 from dataflow.entitlements import Entitlements
 from dataflow.kafka_client import client_settings, security_settings
@@ -41,6 +42,8 @@ from dataflow.routing import Message
 # The broker stamps each message of the input topics with its own time on arrival: the clock that
 # decides (dataflow/clock.py), which no producer can set.
 ARRIVAL_TIME = {"message.timestamp.type": "LogAppendTime"}
+# A reader asks the broker for a partition's end at most this often (a partition that trickles may need
+# several questions before one finds it caught up).
 CAUGHT_UP_EVERY_S = 0.1
 # A partition that has caught up is asked again only after this pause: left to itself, Bytewax's reader
 # would poll it every millisecond, and a quiet job (one waiting out its max wait) would burn CPU for nothing.
@@ -323,6 +326,7 @@ class _CaughtUpPartition(StatefulSourcePartition):
         self.admin = admin
         self.partition = TopicPartition(inner._topic, inner._part_idx)
         self.said_at = 0.0
+        self.said_cell = -1  # the due-grid cell of the last word
         self.asked: tuple[Future, int, AdminClient] | None = None  # a question in flight: when, by whom
         self.awake: datetime | None = None
 
@@ -339,9 +343,13 @@ class _CaughtUpPartition(StatefulSourcePartition):
         self.awake = datetime.now(timezone.utc) + timedelta(seconds=IDLE_POLL_S)
         word = self._answer(cached[0])
         if word is not None:
+            self.said_cell = word.at_ms // Shard.DUE_GRID_MS
             return [word]
         now = time.monotonic()
-        if self.asked is None and now - self.said_at >= CAUGHT_UP_EVERY_S:
+        # Shards decide only at points of the due grid: a word that would not carry this partition past
+        # the next point changes nothing, and in a cluster every word costs every process a wake-up.
+        passed = (int(time.time() * 1000) - self.margin_ms) // Shard.DUE_GRID_MS > self.said_cell
+        if self.asked is None and passed and now - self.said_at >= CAUGHT_UP_EVERY_S:
             self.said_at = now
             self._ask()
         return batch

@@ -82,3 +82,15 @@ def test_a_broker_that_always_fails_gets_a_new_client_at_most_once_a_second(monk
     # Asked every 0.1 s, each question failing: the first client, then one more a second at most.
     assert sum(a.asked for a in made) >= 10
     assert 2 <= len(made) <= 4
+
+
+def test_a_quiet_partition_speaks_once_a_due_point_passes_not_at_every_poll(monkeypatch):
+    admin = _Admin(_Answer())
+    monkeypatch.setattr("dataflow.kafka_io.AdminClient", lambda settings: admin)
+    part = _CaughtUpPartition(_Reader(), 1000, None, ArrivalSource(["127.0.0.1:9"], ["flows.raw"], margin_ms=1000).admin)
+    words = _words(part, 3.5)
+    cells = [w.at_ms // 1000 for w in words]
+    # Polled every 10 ms here, every 50 ms by the runtime: one question and one word for each grid
+    # point the margin-delayed wall clock passed, each word in a cell of its own.
+    assert 3 <= len(words) <= 5 and cells == sorted(set(cells))
+    assert admin.asked == len(words)
