@@ -299,9 +299,10 @@ class ArrivalSource(KafkaSource):
 
     def admin(self, failed: AdminClient | None = None) -> AdminClient:
         """One client per process asks the broker for its partitions' high watermarks. A client whose
-        question failed is replaced (once, however many partitions saw it fail, and at most once a second): its view of the
-        partitions' leaders may be stale, and it would not refresh it (seen: "leader epoch is older than
-        broker epoch" on every question after a leader change, which froze the arrival clock)."""
+        question failed is replaced (once, however many partitions saw it fail, and at most once a
+        second): its view of the partitions' leaders may be stale, and it would not refresh it (seen:
+        "leader epoch is older than broker epoch" on every question after a leader change, which froze
+        the arrival clock)."""
         with self._admin_lock:
             now = time.monotonic()
             if self._admin is not None and self._admin is failed and now - self._replaced_at >= 1.0:
@@ -319,7 +320,7 @@ class _CaughtUpPartition(StatefulSourcePartition):
     loaded machine can leave seconds behind, so the word is given only after the broker itself was
     asked for the partition's end, and speaks of the moment the question was sent."""
 
-    def __init__(self, inner, margin_ms: int, watch: PositionWatch | None = None, admin=None):
+    def __init__(self, inner, margin_ms: int, watch: PositionWatch | None, admin: Callable[..., AdminClient]):
         self.inner = inner
         self.margin_ms = margin_ms
         self.watch = watch
@@ -333,11 +334,11 @@ class _CaughtUpPartition(StatefulSourcePartition):
     def next_batch(self):
         self.awake = None
         batch = self.inner.next_batch()
-        if self.watch is not None:
-            self._tell_position()
+        cached = self._cached_ends()
+        if self.watch is not None and cached is not None:
+            self.watch(self.partition.topic, self.partition.partition, self.inner._offset, *cached)
         if batch:
             return batch
-        cached = self._cached_ends()
         if cached is None or not self._caught_up(*cached):
             return batch
         self.awake = datetime.now(timezone.utc) + timedelta(seconds=IDLE_POLL_S)
@@ -385,6 +386,7 @@ class _CaughtUpPartition(StatefulSourcePartition):
         return CaughtUp(self.partition.topic, self.partition.partition, asked_ms - self.margin_ms)
 
     def _cached_ends(self) -> tuple[int, int] | None:
+        # The watermarks the consumer's fetches brought back: no request to the broker.
         try:
             low, high = self.inner._consumer.get_watermark_offsets(self.partition, cached=True)
         except KafkaException:
@@ -397,15 +399,6 @@ class _CaughtUpPartition(StatefulSourcePartition):
             # Nothing read yet: caught up only if there is nothing to read.
             return low == high or position == OFFSET_END
         return position >= high
-
-    def _tell_position(self) -> None:
-        # The watermarks the consumer's fetches brought back: no request to the broker.
-        try:
-            low, high = self.inner._consumer.get_watermark_offsets(self.partition, cached=True)
-        except KafkaException:
-            return
-        if high >= 0:
-            self.watch(self.partition.topic, self.partition.partition, self.inner._offset, low, high)
 
     def next_awake(self):
         return self.awake
