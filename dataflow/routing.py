@@ -226,7 +226,7 @@ class Router:
         if arrival is None:
             # A recording without arrival times: the latest time its records name stands in, which
             # the hosts can move; recordings made by `flowattr simulate` or from Kafka carry them.
-            arrival = max([self.floor.get(part, 0), *(_event_ms(r) for r in records)])
+            arrival = max(self.floor.get(part, 0), max((_event_ms(r) for r in records), default=0))
             self.floor[part] = arrival
         routed.arrival = arrival
         role = origin.role
