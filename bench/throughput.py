@@ -7,8 +7,10 @@ from __future__ import annotations
 import cProfile
 import gc
 import io
+import json
 import os
 import pstats
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -21,6 +23,7 @@ from dataflow import simulate as sim
 from dataflow.config import FilesConfig
 
 TARGET_PER_CORE = 100_000
+PYTHON_SOURCE = "file mode, Python source (not compiled)"
 # Where the job's time goes, by the cumulative time of the function that does each stage (the largest, when
 # a name is defined more than once in its module: the outermost). Nested stages are shown under theirs.
 STAGES = (
@@ -112,7 +115,7 @@ def end_to_end(bootstrap: str, records: fleet.Records, workdir: Path, processes:
     return result
 
 
-def file_mode(records: fleet.Records, workdir: Path, profile: bool) -> dict[str, Any]:
+def file_mode(folder: Path, flows: int, workdir: Path, profile: bool) -> dict[str, Any]:
     """The same job on the file-mode folder, in this process (`bytewax.testing.run_main`), no Kafka."""
     from bytewax.testing import run_main
 
@@ -120,7 +123,7 @@ def file_mode(records: fleet.Records, workdir: Path, profile: bool) -> dict[str,
     from dataflow.routing import Tally
 
     out = workdir / ("file-profiled" if profile else "file")
-    config = replace(fleet.job_config(), files=FilesConfig(input_dir=str(records.folder), output_dir=str(out)))
+    config = replace(fleet.job_config(), files=FilesConfig(input_dir=str(folder), output_dir=str(out)))
     tally = Tally()
     profiler = cProfile.Profile() if profile else None
     gc.collect()
@@ -133,7 +136,7 @@ def file_mode(records: fleet.Records, workdir: Path, profile: bool) -> dict[str,
     wall, cpu = time.monotonic() - wall, time.process_time() - cpu
     counts = tally.snapshot()
     answered = sum(v for k, v in counts.items() if k.startswith(("out.", "forwarded.")))
-    result = {"wall_s": wall, "cpu_s": cpu, "flows": answered, "complete": answered == records.flows}
+    result = {"wall_s": wall, "cpu_s": cpu, "flows": answered, "complete": answered == flows}
     if profiler:
         text = io.StringIO()
         stats = pstats.Stats(profiler, stream=text)
@@ -143,10 +146,22 @@ def file_mode(records: fleet.Records, workdir: Path, profile: bool) -> dict[str,
     return result
 
 
+def file_mode_process(records: fleet.Records, workdir: Path, source: bool) -> dict[str, Any]:
+    """A file-mode run in a fresh process, on the compiled modules or (`source`) on their Python source
+    (DATAFLOW_PURE=1): the two builds side by side, neither carrying the bench's own objects."""
+    env = {k: v for k, v in os.environ.items() if k != "DATAFLOW_PURE"} | ({"DATAFLOW_PURE": "1"} if source else {})
+    run = subprocess.run([sys.executable, "-m", "bench.throughput", str(records.folder), str(records.flows), str(workdir)],
+                         env=env, cwd=fleet.REPO, capture_output=True, text=True, timeout=1200)
+    if run.returncode:
+        raise RuntimeError(f"file mode exited {run.returncode}: {run.stderr[-2000:]}")
+    return json.loads(run.stdout.splitlines()[-1])
+
+
 def run(records: fleet.Records, workdir: Path, bootstrap: str | None, repeat: int) -> dict[str, Any]:
     figures: dict[str, Any] = {"records": records.describe()}
-    guarded("file mode", lambda: median_run(lambda: file_mode(records, workdir, profile=False), repeat), figures)
-    guarded("file mode, cProfile", lambda: file_mode(records, workdir, profile=True), figures)
+    guarded("file mode", lambda: median_run(lambda: file_mode_process(records, workdir, source=False), repeat), figures)
+    guarded(PYTHON_SOURCE, lambda: median_run(lambda: file_mode_process(records, workdir, source=True), repeat), figures)
+    guarded("file mode, cProfile", lambda: file_mode(records.folder, records.flows, workdir, profile=True), figures)
     if bootstrap:
         guarded("kafka, 1 process", lambda: median_run(lambda: end_to_end(bootstrap, records, workdir, 1, 600), repeat),
                 figures)
@@ -172,7 +187,7 @@ def _per_s(n: float, s: float | None) -> str:
 
 def table(figures: dict[str, Any]) -> list[str]:
     rows = ["| run | wall s | flows/s | CPU s | flows per CPU second | runs (wall s) |", "|---|---:|---:|---:|---:|---|"]
-    for name in ("kafka, 1 process", "file mode", "file mode, cProfile", "kafka, 1 process, cProfile"):
+    for name in ("kafka, 1 process", "file mode", PYTHON_SOURCE, "file mode, cProfile", "kafka, 1 process, cProfile"):
         x = figures.get(name)
         if not x or "wall_s" not in x:
             continue
@@ -247,6 +262,15 @@ def stage_table(figures: dict[str, Any], core: float | None) -> list[str]:
             *rows, ""]
 
 
+def compiled_gain(figures: dict[str, Any]) -> list[str]:
+    built, source = figures.get("file mode", {}), figures.get(PYTHON_SOURCE, {})
+    if not built.get("cpu_s") or not source.get("cpu_s"):
+        return []
+    ratio = (built["flows"] / built["cpu_s"]) / (source["flows"] / source["cpu_s"])
+    return [f"Compiled over Python source, file mode: **{ratio:.2f}x** the flows per CPU second "
+            f"({1e6 * source['cpu_s'] / source['flows']:.0f} -> {1e6 * built['cpu_s'] / built['flows']:.0f} µs a flow).", ""]
+
+
 def render(record: dict[str, Any], rest: dict[str, Any] | None = None) -> str:
     figures = record["figures"]
     r = figures["records"]
@@ -267,9 +291,12 @@ def render(record: dict[str, Any], rest: dict[str, Any] | None = None) -> str:
         f"messages ({r['raw_bytes'] / 1e6:.0f} MB of JSON), the raw topic in {r['raw_partitions']} partitions keyed by exporter.",
         "*kafka*: the records pre-loaded, `flowattr run` started and timed until every flow is out (start-up and the",
         "final wait for the arrival clock included; CPU = utime + stime of the job process from /proc).",
-        "*file mode*: the same job on the same batches as files, in the bench's process. cProfile roughly doubles",
-        "the time: read its shares, not its seconds.", "",
+        "*file mode*: the same job on the same batches as files, each run in a fresh process; *Python source*: the",
+        "same with DATAFLOW_PURE=1, the per-record modules imported from their source instead of their compiled",
+        "build (setup.py). The cProfile run is in the bench's process; cProfile roughly doubles the time: read its",
+        "shares, not its seconds.", "",
         *table(figures), "",
+        *compiled_gain(figures),
         f"Goal: >= {TARGET_PER_CORE:,} flows per CPU second end to end (1 process, every flow over every CPU second): {verdict}.",
         "",
         *profiles,
@@ -277,4 +304,6 @@ def render(record: dict[str, Any], rest: dict[str, Any] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit("run through `python -m bench.run` (it loads the topics once for every benchmark)")
+    if len(sys.argv) != 4:
+        sys.exit("run through `python -m bench.run` (it loads the topics once for every benchmark)")
+    print(json.dumps(file_mode(Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), profile=False)))

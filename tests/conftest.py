@@ -1,34 +1,16 @@
 """Shared by every test folder: the fault tests' figures (tests/reliability.py), and which build of the
 per-record modules the tests run: the compiled one that `make` builds (setup.py), or with DATAFLOW_PURE=1
-their Python source, the reference (tests/unit/test_compiled_core.py runs the property tests so)."""
+their Python source, the reference (dataflow/__init__.py; tests/unit/test_compiled_core.py runs the
+property tests so)."""
 
-import importlib.abc
-import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from dataflow import PURE
 from tests.reliability import Figures
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dataflow"
-PURE = os.environ.get("DATAFLOW_PURE") == "1"
-
-
-class SourceFirst(importlib.abc.MetaPathFinder):
-    """Finds dataflow's modules as their .py files, ahead of the compiled modules beside them."""
-
-    def find_spec(self, name, path, target=None):
-        if name.startswith("dataflow."):
-            source = PACKAGE / f"{name.removeprefix('dataflow.')}.py"
-            if source.exists():
-                return importlib.util.spec_from_file_location(name, source)
-        return None
-
-
-if PURE:
-    sys.meta_path.insert(0, SourceFirst())
 
 
 def pytest_configure(config):

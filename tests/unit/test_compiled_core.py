@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PURE
+from dataflow import PURE
 
 REPO = Path(__file__).resolve().parents[2]
 # The tests that pin down what the shard decides, over random and hostile evidence.
