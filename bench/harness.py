@@ -54,6 +54,7 @@ def machine() -> dict[str, str]:
         kafka = "?"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "dataflow"], cwd=REPO, capture_output=True, text=True).stdout
+    compiled = sorted(p.name.split(".")[0] for p in (REPO / "dataflow").glob("*.so"))
     return {
         "code": commit + (" with uncommitted changes in dataflow/" if dirty.strip() else ""),
         "nproc": str(os.cpu_count()),
@@ -63,6 +64,7 @@ def machine() -> dict[str, str]:
         "bytewax": md.version("bytewax"),
         "confluent-kafka": f"{md.version('confluent-kafka')} (librdkafka {confluent_kafka.libversion()[0]})",
         "kafka broker": kafka,
+        "compiled by cython " + md.version("cython"): ", ".join(compiled) or "nothing (the Python source ran)",
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -127,10 +128,12 @@ class LinesWriter(StatelessSinkPartition[Any]):
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "ab")
+        self._lines = msgspec.json.Encoder()
 
     def write_batch(self, batches: list[list[dict[str, Any]]]) -> None:
-        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-        self._file.write(b"".join(dumps(r, option=newline) for records in batches for r in records))
+        # One call for the whole batch: a call per record cost more than encoding the record itself
+        # (orjson), for the same bytes.
+        self._file.write(self._lines.encode_lines([r for records in batches for r in records]))
         self._file.flush()
 
     def close(self) -> None:
