@@ -10,7 +10,8 @@ COPY exporter/cnishim /src
 RUN cd /src && CGO_ENABLED=0 go build -o /flowattr-cni .
 
 FROM python:3.11-slim-bookworm AS build
-# pytricia is published as source only: building it needs a C compiler, kept out of the final image.
+# pytricia is published as source only, and the job's per-record modules are compiled from their Python
+# source (setup.py): both need a C compiler, kept out of the final image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
