@@ -15,7 +15,7 @@ import time
 import orjson
 
 from bench.harness import REPO, save
-from dataflow.attribution import Shard
+from dataflow.attribution import Progress, Shard
 from dataflow.config import AttributionConfig, Config, load_config
 from dataflow.entitlements import Entitlements
 from dataflow.packed import CARRIED
@@ -129,8 +129,13 @@ def hold_addresses(addresses: int) -> dict:
                 if shard is None:
                     shard = shards[shard_key] = Shard(config.attribution, partitions)
                 shard.absorb(item)
+    # The input has been read past every heartbeat's arrival: each claim is applied, none left waiting.
+    read = Progress({("raw", 0): T0 + 120_000})
+    for shard in shards.values():
+        shard.absorb(read)
     gc.collect()
     tracked = sum(len(s.ranges) for s in shards.values())
+    assert all(not s.inbox for s in shards.values()), "heartbeats left unapplied"
     return {"addresses": tracked, "rss_bytes": _rss_bytes() - before}
 
 

@@ -58,14 +58,14 @@ def document() -> str:
                                           "latency", "exporter_bench")}
     tput = runs["throughput"]
     parts = ["# Benchmarks", "",
-             "Written by `make bench` from the figures of one run (out/bench/*.json); nothing here is typed by hand.",
-             "It never fails on timing. Each section names the command that measured it."]
+             "Written by `make bench` from the figures of its benchmarks (out/bench/*.json); nothing here is typed by",
+             "hand. It never fails on timing. Each section names the command that measured it and the code it ran."]
     machine = next((r["machine"] for r in runs.values() if r), None)
     if machine:
         parts += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + ".",
                   "Two cores shared by the broker, the job and the bench's own producers and consumers."]
-    parts += ["", "| benchmark | command | seconds |", "|---|---|---:|"]
-    parts += [f"| {name} | `{r['command']}` | {r['seconds']:.0f} |" for name, r in runs.items() if r]
+    parts += ["", "| benchmark | command | code | seconds |", "|---|---|---|---:|"]
+    parts += [f"| {name} | `{r['command']}` | {r.get('machine', {}).get('code', '-')} | {r['seconds']:.0f} |" for name, r in runs.items() if r]
     missing = [name for name, r in runs.items() if not r]
     if missing:
         parts += ["", f"Not measured in this run: {', '.join(missing)}."]
