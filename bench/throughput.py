@@ -149,9 +149,9 @@ def file_mode(folder: Path, flows: int, workdir: Path, profile: bool) -> dict[st
 def file_mode_process(records: fleet.Records, workdir: Path, source: bool) -> dict[str, Any]:
     """A file-mode run in a fresh process, on the compiled modules or (`source`) on their Python source
     (DATAFLOW_PURE=1): the two builds side by side, neither carrying the bench's own objects."""
-    env = {k: v for k, v in os.environ.items() if k != "DATAFLOW_PURE"} | ({"DATAFLOW_PURE": "1"} if source else {})
     run = subprocess.run([sys.executable, "-m", "bench.throughput", str(records.folder), str(records.flows), str(workdir)],
-                         env=env, cwd=fleet.REPO, capture_output=True, text=True, timeout=1200)
+                         env=os.environ | {"DATAFLOW_PURE": "1" if source else "0"}, cwd=fleet.REPO,
+                         capture_output=True, text=True, timeout=1200)
     if run.returncode:
         raise RuntimeError(f"file mode exited {run.returncode}: {run.stderr[-2000:]}")
     return json.loads(run.stdout.splitlines()[-1])
