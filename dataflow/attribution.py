@@ -122,7 +122,7 @@ class Shard:
         self.inbox: list[tuple[int, tuple, int, ShardWork]] = []
         self.received = 0
         self.late = 0  # works read after the clock had passed their arrival (applied at once)
-        self.peers = PeerClocks(self.guard_ms, clock_bound_ms)
+        self.peers = PeerClocks(self.guard_ms, clock_bound_ms, self.max_wait_ms)
         self.refused_claims = 0  # claims of exporters whose clocks their peers contradict
         self.claimers: dict[tuple[str, str], tuple[str, str]] = {}  # one shared (workload, exporter) each
         self.ranges: dict[str, list] = {}
@@ -512,7 +512,7 @@ class Shard:
             start_ms, names = p.start_ms(), self.names.names
             for value in reports:
                 start, _, exporter = read_report(value)
-                self.peers.observe(p.exporter, names[exporter], start - start_ms)
+                self.peers.observe(p.exporter, names[exporter], start - start_ms, self.now_ms)
 
     def _retry(self, ip: str, decided: list[Flow]) -> None:
         kept = bytearray()
@@ -623,6 +623,7 @@ class Shard:
                 held[key] = kept if len(kept) > 1 else kept[0]
             else:
                 del held[key]
+        self.peers.forget(at)
         self.next_prune_ms = at + self.prune_every_ms
 
 

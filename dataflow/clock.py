@@ -83,33 +83,38 @@ class PeerClocks:
     called. A difference between two reports is the difference of two offsets; over many peers, the
     median of an exporter's differences is its own offset (as long as most of its peers keep time).
     Offsets within the guard are clock noise that ranges' guard absorbs; larger ones are corrected;
-    beyond the bound the exporter is not believed."""
+    beyond the bound the exporter is not believed. A difference is remembered for `memory_ms` of arrival
+    time: what is known of the clocks then depends only on that much recent input, which a replay
+    reads before its range to know them as the live job did."""
 
     SAMPLES = 32
     MIN_PEERS = 3
 
-    def __init__(self, guard_ms: int, bound_ms: int):
+    def __init__(self, guard_ms: int, bound_ms: int, memory_ms: int):
         self.guard_ms = guard_ms
         self.bound_ms = bound_ms
+        self.memory_ms = memory_ms
         self.samples: dict[str, PeerSamples] = {}
         # Of exporters seen with enough distinct peers: (median, spread of the middle half) over their
         # peers, each peer counted once (by its own median), so that one busy peer with a bad clock
         # cannot pass its offset on. It is the exporter's offset as far as most of its peers keep time;
         # how widely the peers disagree says how far that can be trusted.
         self.known: dict[str, tuple[int, int]] = {}
-        # The largest offset seen among exporters whose clocks are known: how far an exporter not yet
-        # known may be off. It only grows, so the same evidence always gives the same answers.
+        # The largest offset among exporters whose clocks are known: how far an exporter not yet known
+        # may be off. It grows with each sample and is worked out anew only when samples are forgotten,
+        # so the same evidence always gives the same answers.
         self.spread = 0
 
-    def observe(self, looker: str, reporter: str, difference_ms: int) -> None:
-        """One connection: the reporter's start minus the looker's start for the same connection."""
+    def observe(self, looker: str, reporter: str, difference_ms: int, at_ms: int) -> None:
+        """One connection: the reporter's start minus the looker's start for the same connection, taken
+        at arrival time `at_ms`."""
         if looker == reporter or abs(difference_ms) > 2 * self.bound_ms:
             return
         for exporter, peer, sample in ((reporter, looker, difference_ms), (looker, reporter, -difference_ms)):
             samples = self.samples.get(exporter)
             if samples is None:
                 samples = self.samples[exporter] = PeerSamples()
-            samples.add(peer, sample, self.SAMPLES)
+            samples.add(peer, sample, self.SAMPLES, at_ms)
             ordered = samples.medians
             n = len(ordered)
             if n >= self.MIN_PEERS:
@@ -117,6 +122,24 @@ class PeerClocks:
                 self.known[exporter] = (median, scatter)
                 if abs(median) <= self.bound_ms:
                     self.spread = max(self.spread, abs(median) + scatter)
+
+    def forget(self, now_ms: int) -> None:
+        """Drop the differences taken more than `memory_ms` before `now_ms`; each exporter is then known
+        from what is left, or not at all when fewer than MIN_PEERS peers are left."""
+        before = now_ms - self.memory_ms
+        for exporter in list(self.samples):
+            samples = self.samples[exporter]
+            if not samples.forget(before):
+                continue
+            ordered = samples.medians
+            n = len(ordered)
+            if n >= self.MIN_PEERS:
+                self.known[exporter] = (ordered[n // 2], ordered[(3 * n) // 4] - ordered[n // 4])
+            else:
+                self.known.pop(exporter, None)
+                if not n:
+                    del self.samples[exporter]
+        self.spread = max((abs(m) + s for m, s in self.known.values() if abs(m) <= self.bound_ms), default=0)
 
     def offset(self, exporter: str) -> int | None:
         """ms the exporter's clock runs ahead (0 while unknown); None beyond the bound."""
@@ -152,17 +175,27 @@ class PeerSamples:
     __slots__ = ("window", "by_peer", "medians")
 
     def __init__(self) -> None:
-        self.window: deque[tuple[str, int]] = deque()  # (peer, difference), oldest first
+        self.window: deque[tuple[str, int, int]] = deque()  # (peer, difference, taken at), oldest first
         self.by_peer: dict[str, list[int]] = {}
         self.medians: list[int] = []  # one per peer in by_peer, sorted
 
-    def add(self, peer: str, difference: int, keep: int) -> None:
+    def add(self, peer: str, difference: int, keep: int, at_ms: int) -> None:
         """Take one difference with a peer, dropping the oldest once `keep` are held."""
         if len(self.window) == keep:
-            old_peer, old = self.window.popleft()
+            old_peer, old, _ = self.window.popleft()
             self._change(old_peer, old, adding=False)
-        self.window.append((peer, difference))
+        self.window.append((peer, difference, at_ms))
         self._change(peer, difference, adding=True)
+
+    def forget(self, before_ms: int) -> bool:
+        """Drop the differences taken before `before_ms`; whether any were."""
+        window = self.window
+        dropped = False
+        while window and window[0][2] < before_ms:
+            old_peer, old, _ = window.popleft()
+            self._change(old_peer, old, adding=False)
+            dropped = True
+        return dropped
 
     def _change(self, peer: str, difference: int, adding: bool) -> None:
         values = self.by_peer.get(peer)

@@ -1,5 +1,5 @@
 """`flowattr replay`: a bounded backfill. Reads the input topics by the broker's arrival time, from
-`max_wait` before --from (to warm ownership up) to `max_wait` past the last arrival a flow of the range
+`2 x max_wait + delay` before --from (to warm ownership and the exporters' clocks up) to `max_wait` past the last arrival a flow of the range
 can be decided at, runs the same router and shards as the job, and writes to its own topic exactly the
 answers for the flows that started in [--from, --to): nothing forwarded, nothing dead-lettered again,
 the live job and its topics untouched. The arrival clock (dataflow/clock.py) makes the answers those
@@ -64,8 +64,10 @@ class Window:
         if end_ms + max_wait > now_ms:
             raise ConfigError(f"bad times: --to must be at least attribution.max_wait_s ({a.max_wait_s:g} s) before "
                               "now: the flows of the range are not all decided yet")
-        # Evidence that came up to max_wait before the range still speaks for its first flows.
-        self.read_from_ms = start_ms - max_wait
+        # Evidence that came up to max_wait before the range still speaks for its first flows; the
+        # exporters' clocks are then known from the max_wait before that (their memory), sampled by the
+        # decisions of up to a delay earlier.
+        self.read_from_ms = start_ms - 2 * max_wait - int(a.delay_s * 1000)
         # Assignment events are few and stay valid for long: as far back as the job's state remembers.
         self.events_from_ms = start_ms - int(a.retention_s * 1000)
         # A flow of the range arrives after it started (late batches up to max_wait after --to), and is
