@@ -1,7 +1,7 @@
 """The two things a shard holds per flow, packed: a lookup waiting for its decision (a fleet holds delay
 x rate of them) and a connection report kept for the other end's lookup. Neither keeps the decoded
 record: a lookup is a run of bytes in a shared buffer, rebuilt into a record only when it is answered,
-and a report is one integer under its connection's packed key."""
+and a report is one integer, kept as 16 bytes after its connection's packed key in the shard's log."""
 
 from __future__ import annotations
 
