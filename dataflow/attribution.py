@@ -18,6 +18,7 @@ from dataflow.packed import (
     UNNAMED,
     Names,
     PackedLookup,
+    ReportTable,
     connection_key,
     lookups,
     pack_lookup,
@@ -129,9 +130,9 @@ class Shard:
         self.port_ranges: dict[str, dict[Ports, list]] = {}  # shared IPv4 addresses, by port range
         self.events: dict[str, list] = {}
         self.names = Names()
-        # Connection reports under their packed connection keys, oldest first: a report (or a list of
-        # them), each carrying the prune period it arrived in.
-        self.reports: dict[bytes, Any] = {}
+        # Connection reports under their packed connection keys, oldest first, each carrying the prune
+        # period it arrived in.
+        self.reports = ReportTable()
         self.report_count = 0
         self.reports_of: dict[int, int] = {}  # reports held, by exporter number: what a flood's bound evicts
         # Lookups before their first try, packed, by the grid point they are due at (and a heap of those).
@@ -262,9 +263,7 @@ class Shard:
                 settle = first_try_ms(start, arrival, self.event_settle_ms)
                 key = connection_key(flow["remote_ip"], flow["remote_port"], flow["local_ip"], flow["local_port"])
                 # The other end's reports that came first go along with the lookup: no table entry to keep.
-                carried = self._reports(key)
-                if carried:
-                    self._drop_reports(key)
+                carried = self._drop_reports(key)
                 unnamed = not self._named(flow["remote_ip"], key, carried)
                 packed = pack_lookup(flow, key, start, first + self.max_wait_ms - self.delay_ms, settle, unnamed,
                                      carried, self.names)
@@ -325,29 +324,17 @@ class Shard:
         names = self.names
         exporter = names.number(item.exporter)
         value = report(item.start, names.number(item.workload), exporter, arrival // self.prune_every_ms)
-        held = self.reports
-        before = held.get(key)
-        if before is None:
-            held[key] = value
-        elif type(before) is list:
-            before.append(value)
-        else:
-            held[key] = [before, value]
+        self.reports.add(key, value)
         self.report_count += 1
         self.reports_of[exporter] = self.reports_of.get(exporter, 0) + 1
         if self.report_count > self.max_connections:
             self._evict_connections()
 
-    def _reports(self, key: bytes) -> list[int] | tuple[int, ...]:
-        value = self.reports.get(key)
-        if value is None:
-            return ()
-        return value if type(value) is list else (value,)
-
-    def _drop_reports(self, key: bytes) -> None:
-        for v in self._reports(key):
+    def _drop_reports(self, key: bytes) -> tuple[int, ...]:
+        gone = self.reports.drop(key)
+        for v in gone:
             self._forget_reports(reporter(v), 1)
-        self.reports.pop(key, None)
+        return gone
 
     def _count_eviction(self, kind: str) -> None:
         self.evicted[kind] = self.evicted.get(kind, 0) + 1
@@ -429,21 +416,9 @@ class Shard:
         dropped = 0
         while dropped < target and self.reports_of:
             exporter = max(self.reports_of, key=self.reports_of.__getitem__)
-            held = self.reports
-            for key in list(held):
-                values = self._reports(key)
-                kept = [v for v in values if reporter(v) != exporter]
-                gone = len(values) - len(kept)
-                if not gone:
-                    continue
-                if kept:
-                    held[key] = kept if len(kept) > 1 else kept[0]
-                else:
-                    del held[key]
-                dropped += gone
-                self._forget_reports(exporter, gone)
-                if dropped >= target:
-                    break
+            gone = len(self.reports.sift(lambda v: reporter(v) == exporter, target - dropped))
+            dropped += gone
+            self._forget_reports(exporter, gone)
         self.evicted["connections"] = self.evicted.get("connections", 0) + dropped
 
     def _forget_reports(self, exporter: int, n: int) -> None:
@@ -461,16 +436,17 @@ class Shard:
         while points and points[0] <= clock:
             for p in lookups(self.first_tries.pop(heapq.heappop(points)), names):
                 self.pending_count -= 1
+                reports = self._reports(p)
                 if not p.flags & SAMPLED:
-                    self._sample_clocks(p)
-                verdict = self._verdict(p)
+                    self._sample_clocks(p, reports)
+                verdict = self._verdict(p, reports)
                 if verdict is not None:
                     self._forget_unnamed(p)
                     decided.append(self._record(p, verdict))
                     continue
                 if p.deadline <= clock:
                     self._forget_unnamed(p)
-                    decided.append(self._record(p, self._verdict(p, final=True) or NOBODY))
+                    decided.append(self._record(p, self._verdict(p, self._reports(p), final=True) or NOBODY))
                     continue
                 ip = p.remote_ip
                 if not p.flags & SAMPLED:
@@ -496,7 +472,7 @@ class Shard:
 
     def _final(self, p: PackedLookup) -> Flow:
         self._let_go(p)
-        return self._record(p, self._verdict(p, final=True) or NOBODY)
+        return self._record(p, self._verdict(p, self._reports(p), final=True) or NOBODY)
 
     def _record(self, p: PackedLookup, verdict: tuple) -> Flow:
         return answered(p.flow(self.names), *verdict)
@@ -505,9 +481,12 @@ class Shard:
         pair = (workload, exporter)
         return self.claimers.setdefault(pair, pair)
 
-    def _sample_clocks(self, p: PackedLookup) -> None:
+    def _reports(self, p: PackedLookup) -> tuple[int, ...]:
+        """The other end's reports of the lookup's connection: those it carries and those come since."""
+        return p.carried + self.reports.values(p.key)
+
+    def _sample_clocks(self, p: PackedLookup, reports: tuple[int, ...]) -> None:
         """The other host's report of this same connection, if it came, shows how the two clocks differ."""
-        reports = p.carried + tuple(self._reports(p.key))
         if reports:
             start_ms, names = p.start_ms(), self.names.names
             for value in reports:
@@ -517,7 +496,7 @@ class Shard:
     def _retry(self, ip: str, decided: list[Flow]) -> None:
         kept = bytearray()
         for p in lookups(self.waiting[ip], self.names):
-            verdict = self._verdict(p)
+            verdict = self._verdict(p, self._reports(p))
             if verdict is None:
                 kept += p.raw
             else:
@@ -525,14 +504,13 @@ class Shard:
                 decided.append(self._record(p, verdict))
         self._replace(ip, kept)
 
-    def _verdict(self, p: PackedLookup, final: bool = False) -> tuple | None:
+    def _verdict(self, p: PackedLookup, reports: tuple[int, ...], final: bool = False) -> tuple | None:
         """The decision for one flow's remote address (docs/attribution.md, the decision table) as
-        `attributed`'s arguments, or None while no evidence covers its start. `final`: the last try (the
-        deadline, or the end of input)."""
+        `attributed`'s arguments, or None while no evidence covers its start. `reports`: the other end's
+        reports of the connection; `final`: the last try (the deadline, or the end of input)."""
         start, ip, port = p.start, p.remote_ip, p.remote_port
         shared = ip in self.port_ranges
         spans = self._spans_for(ip, port) if shared else self.ranges.get(ip)
-        reports = p.carried + tuple(self._reports(p.key))
         clock, reach = self.peers.clock, self.peers.bound_ms
         looker = clock(p.exporter)
         guard = self.guard_ms + (looker[1] if looker else 0)  # how far the flow's own start may be off
@@ -610,19 +588,8 @@ class Shard:
         # A report arrived in period p is kept while its whole period is within delay + max wait.
         report_horizon = at - self.max_wait_ms - self.delay_ms
         oldest_kept = report_horizon // self.prune_every_ms
-        held = self.reports
-        for key in list(held):
-            values = self._reports(key)
-            kept = [v for v in values if not period_before(v, oldest_kept)]
-            if len(kept) == len(values):
-                continue
-            for v in values:
-                if period_before(v, oldest_kept):
-                    self._forget_reports(reporter(v), 1)
-            if kept:
-                held[key] = kept if len(kept) > 1 else kept[0]
-            else:
-                del held[key]
+        for v in self.reports.sift(lambda v: period_before(v, oldest_kept)):
+            self._forget_reports(reporter(v), 1)
         self.peers.forget(at)
         self.next_prune_ms = at + self.prune_every_ms
 

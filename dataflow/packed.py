@@ -1,13 +1,14 @@
 """The two things a shard holds per flow, packed: a lookup waiting for its decision (a fleet holds delay
 x rate of them) and a connection report kept for the other end's lookup. Neither keeps the decoded
 record: a lookup is a run of bytes in a shared buffer, rebuilt into a record only when it is answered,
-and a report is one integer under its connection's packed key."""
+and a report is one integer, kept as 16 bytes after its connection's packed key in the shard's log."""
 
 from __future__ import annotations
 
 import struct
+from array import array
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -203,3 +204,186 @@ def reporter(value: int) -> int:
 def period_before(value: int, period: int) -> bool:
     """Whether the report arrived in a period before `period` (which is at most 2**15 periods later)."""
     return 0 < (period - value) & _PERIOD_MASK < 1 << (_PERIOD_BITS - 1)
+
+
+# A report table's entry: its key's length (with a mark once the entry is dead), the key, the report
+# (its low 64 bits, then its start).
+_VALUE = struct.Struct("<Qq")
+_VALUE_BYTES = _VALUE.size
+_LOW = (1 << 64) - 1
+_KEY_BITS = 0x3F
+_DEAD = 0x80
+_EMPTY = -1
+
+
+class ReportTable:
+    """Connection reports under their packed connection keys, as a dict of lists of reports would hold
+    them, without an object per report or per key: each report is an entry appended to one log (its key's
+    length, the key, the report in 16 bytes), found through an open-addressing index of log offsets
+    (linear probing on the key's hash). A key's reports lie along its probe run in the order they came.
+    Entries that go are marked dead and swept out when they outnumber the live ones or fill the index."""
+
+    __slots__ = ("log", "index", "mask", "live", "dead", "least")
+
+    def __init__(self, least: int = 1024) -> None:
+        """`least`: the fewest index slots (a power of two), so that a small table under churn is rebuilt
+        after hundreds of changes, not every few."""
+        self.least = least
+        self.dead = 0
+        self._build(bytearray(), 0)
+
+    def __len__(self) -> int:
+        return self.live
+
+    def __contains__(self, key: bytes) -> bool:
+        return bool(self._places(key))
+
+    def add(self, key: bytes, value: int) -> None:
+        n = len(key)
+        if n > _KEY_BITS:
+            raise ValueError(f"a connection key of {n} bytes")
+        if (self.live + self.dead + 1) * 2 > len(self.index):
+            self._build(self.log, self.live + 1)
+        log = self.log
+        at = len(log)
+        log.append(n)
+        log += key
+        log += _VALUE.pack(value & _LOW, value >> 64)
+        index, mask = self.index, self.mask
+        i = hash(key) & mask
+        while index[i] != _EMPTY:
+            i = (i + 1) & mask
+        index[i] = at
+        self.live += 1
+
+    def values(self, key: bytes) -> tuple[int, ...]:
+        """The reports under `key`, oldest first."""
+        places = self._places(key)
+        if not places:
+            return ()
+        return self._values(places, len(key))
+
+    def drop(self, key: bytes) -> tuple[int, ...]:
+        """Every report under `key`, gone from the table."""
+        places = self._places(key)
+        if not places:
+            return ()
+        gone = self._values(places, len(key))
+        log = self.log
+        for at in places:
+            log[at] |= _DEAD
+        self.live -= len(places)
+        self.dead += len(places)
+        if self.dead > self.live and self.dead * 4 > self.least:
+            self._build(log, self.live)
+        return gone
+
+    def items(self) -> Iterator[tuple[bytes, int]]:
+        """(key, report) of every report held, each key's in the order they came."""
+        log, at, end = self.log, 0, len(self.log)
+        while at < end:
+            head = log[at]
+            n = head & _KEY_BITS
+            if not head & _DEAD:
+                yield bytes(log[at + 1 : at + 1 + n]), self._value(at, n)
+            at += 1 + n + _VALUE_BYTES
+
+    def sift(self, drop: Callable[[int], bool], limit: int = -1) -> list[int]:
+        """Drops the reports `drop` is true of, as a dict of lists would: key after key in the order the
+        keys came (a key's place is where its first report went since it last held none), the whole of
+        each key, until at least `limit` have gone (all, when negative); returns them."""
+        log, gone = self.log, []
+        at = 0
+        while at < len(log) and (limit < 0 or len(gone) < limit):
+            head = log[at]
+            n = head & _KEY_BITS
+            # Without a limit the order does not matter: only a report that goes needs its key's others.
+            if not head & _DEAD and (limit >= 0 or drop(self._value(at, n))):
+                key = bytes(log[at + 1 : at + 1 + n])
+                places = self._places(key)
+                if limit < 0 or places[0] == at:
+                    gone += self._sift_key(places, n, drop)
+            at += 1 + n + _VALUE_BYTES
+        if self.dead > self.live and self.dead * 4 > self.least:
+            self._build(self.log, self.live)
+        return gone
+
+    def _sift_key(self, places: list[int], n: int, drop: Callable[[int], bool]) -> list[int]:
+        log = self.log
+        values = self._values(places, n)
+        kept = [v for v in values if not drop(v)]
+        if len(kept) == len(values):
+            return []
+        # What is kept stays in the key's first places: the key keeps its place in the order.
+        for place, v in zip(places, kept):
+            _VALUE.pack_into(log, place + 1 + n, v & _LOW, v >> 64)
+        for place in places[len(kept):]:
+            log[place] |= _DEAD
+        self.dead += len(values) - len(kept)
+        self.live -= len(values) - len(kept)
+        return [v for v in values if drop(v)]
+
+    def _value(self, at: int, n: int) -> int:
+        low, start = _VALUE.unpack_from(self.log, at + 1 + n)
+        return start << 64 | low
+
+    def _values(self, places: list[int], n: int) -> tuple[int, ...]:
+        log, unpack, values = self.log, _VALUE.unpack_from, []
+        for at in places:
+            low, start = unpack(log, at + 1 + n)
+            values.append(start << 64 | low)
+        return tuple(values)
+
+    def _places(self, key: bytes) -> list[int]:
+        """The log offsets of the live entries under `key`, oldest first."""
+        index, mask = self.index, self.mask
+        i = hash(key) & mask
+        at = index[i]
+        if at == _EMPTY:
+            return []
+        n, log = len(key), self.log
+        found = []
+        while at != _EMPTY:
+            if log[at] == n and log.startswith(key, at + 1):
+                found.append(at)
+            i = (i + 1) & mask
+            at = index[i]
+        return found
+
+    def _build(self, old: bytearray, live: int) -> None:
+        """A log of the live entries in their order (the same log when none is dead), and an index a
+        quarter to a half full (`live`: the entries it is for)."""
+        size = self.least
+        while size < 4 * live:
+            size *= 2
+        index = self.index = array("i", [_EMPTY]) * size
+        mask = self.mask = size - 1
+        log = old if not self.dead else bytearray()
+        self.log = log
+        self.live = self.dead = 0
+        at, end = 0, len(old)
+        while at < end:
+            head = old[at]
+            entry = 1 + (head & _KEY_BITS) + _VALUE_BYTES
+            if not head & _DEAD:
+                i = hash(bytes(old[at + 1 : at + 1 + head])) & mask
+                while index[i] != _EMPTY:
+                    i = (i + 1) & mask
+                if log is old:
+                    index[i] = at
+                else:
+                    index[i] = len(log)
+                    log += old[at : at + entry]
+                self.live += 1
+            at += entry
+
+    def __getstate__(self) -> tuple[int, int, bytes]:
+        # The index holds this process's hashes of the keys: a snapshot keeps the live entries only.
+        if self.dead:
+            self._build(self.log, self.live)
+        return self.least, self.live, bytes(self.log)
+
+    def __setstate__(self, state: tuple[int, int, bytes]) -> None:
+        self.least, live, log = state
+        self.dead = 0
+        self._build(bytearray(log), live)

@@ -1,4 +1,7 @@
-"""A waiting lookup and a connection report in their packed forms give back exactly what went in."""
+"""A waiting lookup and a connection report in their packed forms give back exactly what went in, and the
+report table holds reports as a dict of lists of them would."""
+
+import pickle
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,6 +12,7 @@ from dataflow.packed import (
     WHOLE,
     Names,
     PackedLookup,
+    ReportTable,
     connection_key,
     lookups,
     pack_lookup,
@@ -101,3 +105,141 @@ def test_a_report_is_one_integer_and_reads_back(start, workload, exporter, perio
     assert reporter(value) == exporter
     assert period_before(value, period + later)
     assert not period_before(value, period) and not period_before(value, period - 1)
+
+
+class ListsOfReports:
+    """What the report table stands in for: a dict of lists of reports, each key in the order it came."""
+
+    def __init__(self):
+        self.held = {}
+
+    def add(self, key, value):
+        self.held.setdefault(key, []).append(value)
+
+    def drop(self, key):
+        return tuple(self.held.pop(key, ()))
+
+    def sift(self, drop, limit=-1):
+        gone = []
+        for key in list(self.held):
+            if 0 <= limit <= len(gone):
+                break
+            values = self.held[key]
+            kept = [v for v in values if not drop(v)]
+            if len(kept) < len(values):
+                gone += [v for v in values if drop(v)]
+                if kept:
+                    self.held[key] = kept
+                else:
+                    del self.held[key]
+        return gone
+
+
+def held(table):
+    """The table's reports as a dict of lists, its keys in the order the table keeps them."""
+    lists = {}
+    for key, value in table.items():
+        lists.setdefault(key, []).append(value)
+    return lists
+
+
+def assert_alike(table, model):
+    assert held(table) == model.held and list(held(table)) == list(model.held)
+    assert len(table) == sum(len(v) for v in model.held.values())
+    for key, values in model.held.items():
+        assert key in table and table.values(key) == tuple(values)
+
+
+V4 = connection_key("10.0.0.2", 443, "10.0.0.1", 40000)
+V6 = connection_key("fd00::2", 443, "fd00::1", 40000)
+MIXED = connection_key("fd00::2", 443, "10.0.0.1", 40000)
+
+
+def test_the_table_holds_many_keys_of_every_family_and_several_reports_under_one():
+    table, model = ReportTable(8), ListsOfReports()
+    keys = [connection_key(f"10.0.{i // 250}.{i % 250}", 1000 + i, "10.1.0.1", 443) for i in range(3000)]
+    keys += [connection_key(f"fd00::{i:x}", 443, "fd00::1", 2000 + i) for i in range(1, 3000)]
+    keys += [V4, V6, MIXED]
+    assert {len(k) for k in keys} == {12, 36, 24}
+    for i, key in enumerate(keys):
+        for v in (report(1_780_000_000_000 + i, i % 7, i % 11, i), report(-i, 2**24 - 1, 2**24 - 1, 2**16 - 1)):
+            table.add(key, v)
+            model.add(key, v)
+    assert_alike(table, model)
+    assert table.values(connection_key("10.9.9.9", 1, "10.1.0.1", 443)) == ()
+    assert connection_key("10.9.9.9", 1, "10.1.0.1", 443) not in table
+    for key in keys[::3]:
+        assert table.drop(key) == model.drop(key) and len(table.drop(key)) == 0
+    assert_alike(table, model)
+    # A key whose reports all went, heard of again, comes after every key held.
+    table.add(keys[0], 5)
+    model.add(keys[0], 5)
+    assert_alike(table, model)
+    assert list(held(table))[-1] == keys[0]
+
+
+def test_a_sweep_by_period_keeps_each_key_in_its_place_and_an_eviction_goes_oldest_key_first():
+    table, model = ReportTable(), ListsOfReports()
+    # Three reports a key, from two exporters, over three periods.
+    for period in range(3):
+        for i in range(200):
+            key = connection_key(f"10.0.0.{i}", 443, "10.0.1.1", 40000 + period)
+            for m in (table, model):
+                m.add(key, report(i, 1, i % 2, period))
+                m.add(V4, report(i, 1, i % 2, period))
+    old = lambda v: period_before(v, 1)  # noqa: E731
+    assert sorted(table.sift(old)) == sorted(model.sift(old))
+    assert_alike(table, model)
+    assert list(held(table))[0] == V4  # the first key keeps its place though its first reports went
+    of_one = lambda v: reporter(v) == 1  # noqa: E731
+    assert table.sift(of_one, 50) == model.sift(of_one, 50)
+    assert_alike(table, model)
+
+
+def test_a_table_goes_through_a_snapshot_and_keeps_working():
+    table, model = ReportTable(8), ListsOfReports()
+    for i in range(500):
+        key = V6 if i % 5 == 0 else connection_key("10.0.0.1", i % 97, "10.0.0.2", 443)
+        table.add(key, report(i, i, i, i))
+        model.add(key, report(i, i, i, i))
+        if i % 3 == 0:
+            assert table.drop(connection_key("10.0.0.1", i % 97, "10.0.0.2", 443)) == model.drop(
+                connection_key("10.0.0.1", i % 97, "10.0.0.2", 443))
+    for t in (table, ReportTable()):
+        copy = pickle.loads(pickle.dumps(t, protocol=pickle.HIGHEST_PROTOCOL))
+        assert list(copy.items()) == list(t.items()) and len(copy) == len(t)
+    copy = pickle.loads(pickle.dumps(table, protocol=pickle.HIGHEST_PROTOCOL))
+    copy.add(V4, 1)
+    model.add(V4, 1)
+    assert_alike(copy, model)
+    assert copy.drop(V6) == model.drop(V6)
+    assert_alike(copy, model)
+
+
+KEYS = [connection_key(f"10.0.0.{i}", 443, "10.0.0.9", 40000) for i in range(6)] + [V6, MIXED]
+operations = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.sampled_from(KEYS), st.integers(-(2**80), 2**100)),
+    st.tuples(st.just("drop"), st.sampled_from(KEYS), st.just(0)),
+    st.tuples(st.just("sift"), st.integers(2, 5), st.integers(-1, 6)),
+    st.tuples(st.just("snapshot"), st.just(None), st.just(0)),
+), max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations)
+def test_the_table_answers_as_a_dict_of_lists_of_reports_under_any_operations(ops):
+    table, model = ReportTable(8), ListsOfReports()  # the fewest slots: rebuilt after a few changes
+    for op, a, b in ops:
+        if op == "add":
+            table.add(a, b)
+            model.add(a, b)
+        elif op == "drop":
+            assert table.drop(a) == model.drop(a)
+        elif op == "sift":
+            drop = lambda v: v % a == 0  # noqa: E731
+            gone = table.sift(drop, b)
+            expected = model.sift(drop, b)
+            assert gone == expected if b >= 0 else sorted(gone) == sorted(expected)
+        else:
+            table = pickle.loads(pickle.dumps(table))
+        assert_alike(table, model)
