@@ -330,7 +330,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "attribution.retention_s": (1, 30 * DAY_S),
     "attribution.max_ranges_per_ip": (1, 100_000),
     "attribution.max_pending_per_shard": (1, 100_000_000),
-    "attribution.max_connections_per_shard": (1, 100_000_000),
+    "attribution.max_connections_per_shard": (1, 30_000_000),  # a shard's report log stays under 4 GiB
     "attribution.skew_guard_ms": (0, 600_000),
     "attribution.connection_window_ms": (0, 600_000),
     "attribution.event_settle_s": (0, DAY_S),

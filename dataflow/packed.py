@@ -213,7 +213,7 @@ _VALUE_BYTES = _VALUE.size
 _LOW = (1 << 64) - 1
 _KEY_BITS = 0x3F
 _DEAD = 0x80
-_EMPTY = -1
+_EMPTY = 0xFFFFFFFF  # offsets are 4 bytes: a log stays under 4 GiB (max_connections_per_shard is bounded so)
 
 
 class ReportTable:
@@ -356,7 +356,7 @@ class ReportTable:
         size = self.least
         while size < 4 * live:
             size *= 2
-        index = self.index = array("i", [_EMPTY]) * size
+        index = self.index = array("I", [_EMPTY]) * size
         mask = self.mask = size - 1
         log = old if not self.dead else bytearray()
         self.log = log
