@@ -3,6 +3,7 @@ turn (throughput, ceilings, scale out, memory, the sustained run), each writing 
 
     .venv/bin/python -m bench.run            # the whole run
     .venv/bin/python -m bench.run --quick    # a smaller fleet, a short sustained run, to try it out
+    .venv/bin/python -m bench.run --only memory,sustained   # some of them again, after a change
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from bench import ceilings, fleet, memory, scale_out, sustained, throughput
 from bench.harness import guarded, save
 
+BENCHMARKS = ["throughput", "ceilings", "scale_out", "memory", "sustained"]
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,28 +26,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each throughput figure; the median is kept")
     parser.add_argument("--sustained-s", type=int, default=480, help="length of the paced stream at the defaults")
     parser.add_argument("--sustained-rate", type=int, default=4000, help="its flows per second")
+    parser.add_argument("--only", type=lambda text: text.split(","), default=BENCHMARKS,
+                        help=f"a comma-separated choice of {','.join(BENCHMARKS)} (each rewrites its own figures)")
     args = parser.parse_args(argv)
+    unknown = set(args.only) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"--only: no benchmark {', '.join(sorted(unknown))} (there are {', '.join(BENCHMARKS)})")
     from broker.launch import Broker
 
     with tempfile.TemporaryDirectory(prefix="flowattr-bench-") as tmp, Broker() as broker:
         workdir, bootstrap = Path(tmp), broker.bootstrap
         started = time.monotonic()
-        records = fleet.generate(0.2 if args.quick else 1.0, workdir / "input")
-        fleet.load_topics(bootstrap, records)
-        save("throughput", throughput.run(records, workdir, bootstrap, 1 if args.quick else args.repeat), started)
-        started = time.monotonic()
-        save("ceilings", ceilings.run(records, bootstrap, 1 if args.quick else args.repeat), started)
-        started = time.monotonic()
-        save("scale_out", scale_out.run(records, workdir, bootstrap), started)
-        started = time.monotonic()
-        save("memory", memory.measure(5_000 if args.quick else 20_000), started)
-        started = time.monotonic()
-        result: dict = {}
-        guarded("sustained", lambda: sustained.run(bootstrap, workdir, 90 if args.quick else args.sustained_s,
-                                                   args.sustained_rate), result)
-        if "samples" in result["sustained"]:
-            sustained.draw(result["sustained"])
-            save("sustained", result["sustained"], started)
+        if {"throughput", "ceilings", "scale_out"} & set(args.only):
+            records = fleet.generate(0.2 if args.quick else 1.0, workdir / "input")
+            fleet.load_topics(bootstrap, records)
+        if "throughput" in args.only:
+            save("throughput", throughput.run(records, workdir, bootstrap, 1 if args.quick else args.repeat), started)
+            started = time.monotonic()
+        if "ceilings" in args.only:
+            save("ceilings", ceilings.run(records, bootstrap, 1 if args.quick else args.repeat), started)
+            started = time.monotonic()
+        if "scale_out" in args.only:
+            save("scale_out", scale_out.run(records, workdir, bootstrap), started)
+            started = time.monotonic()
+        if "memory" in args.only:
+            save("memory", memory.measure(5_000 if args.quick else 20_000), started)
+            started = time.monotonic()
+        if "sustained" in args.only:
+            result: dict = {}
+            guarded("sustained", lambda: sustained.run(bootstrap, workdir, 90 if args.quick else args.sustained_s,
+                                                       args.sustained_rate), result)
+            if "samples" in result["sustained"]:
+                sustained.draw(result["sustained"])
+                save("sustained", result["sustained"], started)
     return 0
 
 
