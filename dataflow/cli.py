@@ -23,6 +23,9 @@ from dataflow.shutdown import Shutdown
 from dataflow.summary import file_run_summary, render
 from exporter.cli import register as register_exporter
 
+# An epoch without recovery: it also bounds how far a reader may run ahead of the slowest worker.
+QUIET_EPOCH_S = 600.0
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flowattr", description=__doc__)
@@ -101,14 +104,14 @@ def _run(args, config: Config) -> int:
     cluster = {} if addresses is None else {"addresses": addresses, "process_id": process_id}
     if config.files.input_dir and addresses is not None:
         # One process of a cluster sees only its own part of the tally; the outputs are shared.
-        cli_main(build(config, tally), workers_per_process=args.workers, **cluster)
+        cli_main(build(config, tally), workers_per_process=args.workers, **cluster, **_epochs(config))
         print(f"flowattr run: process {process_id} of {len(addresses)} done; " + _tally_line(tally))
         return 0
     if config.files.input_dir:
         out = Path(config.files.output_dir)
         shutil.rmtree(out, ignore_errors=True)
         started = time.monotonic()
-        cli_main(build(config, tally), workers_per_process=args.workers)
+        cli_main(build(config, tally), workers_per_process=args.workers, **_epochs(config))
         elapsed = time.monotonic() - started
         summary = file_run_summary(out, tally.snapshot(), truth)
         print(f"flowattr run: {config.files.input_dir} -> {out} in {elapsed:.1f} s, region {config.region}")
@@ -133,7 +136,7 @@ def _run(args, config: Config) -> int:
     )
     shutdown.install()
     try:
-        cli_main(flow, workers_per_process=args.workers, **cluster, **_recovery(config))
+        cli_main(flow, workers_per_process=args.workers, **cluster, **_epochs(config), **_recovery(config))
     except KeyboardInterrupt:
         pass
     except Exception as e:
@@ -146,6 +149,18 @@ def _run(args, config: Config) -> int:
     return 0
 
 
+def _epochs(config: Config) -> dict:
+    """How often the runtime closes an epoch: at each snapshot with recovery, else rarely.
+
+    Bytewax holds a reader that has begun a new epoch until every worker of the cluster has finished
+    the last one, and while holding it reactivates it without pause: the worker spins at full speed.
+    Each worker's epochs keep the phase they took while the backlog was read (seconds apart after a
+    large one), so every epoch a waiting cluster's workers spun until the last one's epoch ended.
+    Without recovery an epoch marks only a snapshot not taken, so it is long."""
+    seconds = config.recovery.snapshot_s if config.recovery.dir and not config.files.input_dir else QUIET_EPOCH_S
+    return {"epoch_interval": timedelta(seconds=seconds)}
+
+
 def _recovery(config: Config) -> dict:
     """Bytewax's recovery settings, creating the recovery partitions on first use."""
     if not config.recovery.dir:
@@ -156,10 +171,7 @@ def _recovery(config: Config) -> dict:
     if not any(folder.glob("*.sqlite3")):
         folder.mkdir(parents=True, exist_ok=True)
         init_db_dir(folder, 1)
-    return {
-        "epoch_interval": timedelta(seconds=config.recovery.snapshot_s),
-        "recovery_config": RecoveryConfig(folder, timedelta(seconds=config.recovery.backup_s)),
-    }
+    return {"recovery_config": RecoveryConfig(folder, timedelta(seconds=config.recovery.backup_s))}
 
 
 def _interrupted(error: BaseException | None) -> bool:
