@@ -23,8 +23,10 @@ from dataflow.shutdown import Shutdown
 from dataflow.summary import file_run_summary, render
 from exporter.cli import register as register_exporter
 
-# An epoch without recovery: it also bounds how far a reader may run ahead of the slowest worker.
-QUIET_EPOCH_S = 600.0
+# An epoch without recovery. Each epoch's end costs a waiting cluster a spin (see _epochs); the epoch
+# also bounds how far a reader may run ahead of the slowest worker, which a backfill's read-ahead
+# evidence in the shards' inboxes grows with. A minute keeps most of the saving and that bound.
+QUIET_EPOCH_S = 60.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +158,7 @@ def _epochs(config: Config) -> dict:
     the last one, and while holding it reactivates it without pause: the worker spins at full speed.
     Each worker's epochs keep the phase they took while the backlog was read (seconds apart after a
     large one), so every epoch a waiting cluster's workers spun until the last one's epoch ended.
-    Without recovery an epoch marks only a snapshot not taken, so it is long."""
+    Without recovery an epoch marks only a snapshot not taken, so it is longer."""
     seconds = config.recovery.snapshot_s if config.recovery.dir and not config.files.input_dir else QUIET_EPOCH_S
     return {"epoch_interval": timedelta(seconds=seconds)}
 
