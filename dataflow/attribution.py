@@ -446,7 +446,7 @@ class Shard:
                     continue
                 if p.deadline <= clock:
                     self._forget_unnamed(p)
-                    decided.append(self._record(p, self._verdict(p, self._reports(p), final=True) or NOBODY))
+                    decided.append(self._record(p, self._verdict(p, reports, final=True) or NOBODY))
                     continue
                 ip = p.remote_ip
                 if not p.flags & SAMPLED:

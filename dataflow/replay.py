@@ -1,8 +1,8 @@
 """`flowattr replay`: a bounded backfill. Reads the input topics by the broker's arrival time, from
-`2 x max_wait + delay` before --from (to warm ownership and the exporters' clocks up) to `max_wait` past the last arrival a flow of the range
-can be decided at, runs the same router and shards as the job, and writes to its own topic exactly the
-answers for the flows that started in [--from, --to): nothing forwarded, nothing dead-lettered again,
-the live job and its topics untouched. The arrival clock (dataflow/clock.py) makes the answers those
+`2 x max_wait + delay` before --from (to warm ownership and the exporters' clocks up) to `max_wait` past
+the last arrival a flow of the range can be decided at, runs the same router and shards as the job, and
+writes to its own topic exactly the answers for the flows that started in [--from, --to): nothing
+forwarded, nothing dead-lettered again, the live job and its topics untouched. The arrival clock (dataflow/clock.py) makes the answers those
 the live job gave."""
 
 from __future__ import annotations
