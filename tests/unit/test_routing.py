@@ -91,6 +91,29 @@ def test_every_record_is_counted_in_and_out():
     assert len(items(out, Lookup)) == 1  # in 6 = 1 lookup + 2 dead + 3 absorbed
 
 
+def test_a_records_times_are_judged_against_its_arrival_whenever_it_is_read():
+    """A live run (the wall clock at the arrival) and a replay a week later (the wall clock far ahead)
+    must keep and refuse the same records: the bounds move with the message's arrival."""
+    hour, day = 3_600_000, 86_400_000
+    week_old = NOW - 8 * day
+    for wall in (week_old + 5_000, NOW):
+        config = load_config(environ={}, overrides={"region": "us-east", "attribution.shards": 8})
+        config = config.__class__(**{**config.__dict__, "regions": REGIONS})
+        tally = Tally()
+        r = Router(config, tally, Entitlements(True, ENTITLED), now_ms=lambda: wall)
+        fresh = flow("10.0.0.2", start_ms=week_old - 9000, end_ms=week_old - 8000)
+        ahead = flow("10.0.0.3", start_ms=week_old + hour, end_ms=week_old + 2 * hour)
+        stale = flow("10.0.0.4", start_ms=week_old - 8 * day, end_ms=week_old - 8 * day + 1000)
+        out = r.route([message([fresh, ahead, stale], arrival=week_old)])
+        assert [i.flow["flow_id"] for i in items(out, Lookup)] == ["h:10.0.0.2"], wall
+        assert tally.snapshot()["dead.time_out_of_range"] == 2, wall
+    # A message without an arrival time (a recording that has none) is judged against the wall clock.
+    r, tally = router()
+    r.route([Message(orjson.dumps(flow("10.0.0.2", start_ms=NOW + 2 * hour, end_ms=NOW + 2 * hour)),
+                     Origin("t", 0, 0, RAW), key=b"h")])
+    assert tally.snapshot()["dead.time_out_of_range"] == 1
+
+
 def test_a_record_must_come_under_its_exporters_key():
     r, tally = router()
     out = r.route([message([flow("10.0.0.2"), heartbeat(exporter="other")], key=b"h"),
