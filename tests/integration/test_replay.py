@@ -23,7 +23,7 @@ from dataflow import simulate as sim
 from dataflow.config import load_config
 from dataflow.publish import publish
 from dataflow.kafka_io import ensure_topics
-from kafka_io import consume_all, read_records
+from kafka_io import consume_all, read_records, timestamped
 from tests.integration.test_local_scale import flows_of, is_away, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,14 +84,19 @@ def test_replay_of_a_range_answers_its_flows_as_the_live_job_did(kafka_bootstrap
     before = {t: len(consume_all(kafka_bootstrap, t)) for t in live_topics}
     lo, hi = start + 30_000, start + 70_000
     sink = f"{k.attributed_topic}.replay-test"
-    while time.time() * 1000 < hi + 30_000:  # --to must be max_wait behind the wall clock
+    until = hi + 30_000  # the default: max_wait after --to
+    while time.time() * 1000 < until + 31_000:  # then max_wait and a second of decisions behind the wall clock
         time.sleep(0.5)
     replay = subprocess.run([*FLOWATTR, "--config", str(config_path), "replay", "--from", str(lo), "--to", str(hi),
                              "--sink", sink], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert replay.returncode == 0, replay.stderr
 
     replayed = [r for m in consume_all(kafka_bootstrap, sink) for r in orjson.loads(m.value)]
-    in_range = {fid for fid, a in live.items() if lo <= a["start_ms"] < hi}
+    # A connection is reported when it closes: a long one of the range arrives after --until, and is left out.
+    arrived = {r["flow_id"]: at for topic in (k.raw_topic, config.forward_topic(sim.HOME))
+               for at, *_, value in timestamped(kafka_bootstrap, topic) for r in orjson.loads(value) if r["kind"] == "flow"}
+    in_range = {fid for fid, a in live.items() if lo <= a["start_ms"] < hi and arrived[fid] <= until}
+    read_later = {fid for fid, a in live.items() if lo <= a["start_ms"] < hi and until < arrived[fid] < until + 31_000}
     assert len(in_range) > 500
     assert sorted(a["flow_id"] for a in replayed) == sorted(in_range), replay.stdout  # each once, none outside
     # The live job's last summary line (its `late` count among it) says whether the live run read
@@ -103,6 +108,7 @@ def test_replay_of_a_range_answers_its_flows_as_the_live_job_did(kafka_bootstrap
     rows = {line[2:18].strip(): int(line[18:28]) for line in replay.stdout.splitlines() if line.startswith("  ")}
     assert rows["written"] == rows["flows answered"] == len(in_range)
     assert rows["undecided"] == 0
+    assert rows["arrived later"] == len(read_later)
     assert rows["not re-forwarded"] > 0  # cross-region flows were read, and not sent again
 
     # On a terminal, a progress bar: its last state has read every message, at a rate, none left.
@@ -117,7 +123,10 @@ def test_replay_refuses_bad_ranges_and_live_topics_in_one_line(kafka_bootstrap, 
     config_path = write_config(tmp_path / "flowattr.toml", kafka_bootstrap, f"t{uuid.uuid4().hex[:8]}.")
     for args, words in (
         (["--from", "10m", "--to", "20m"], "--to (20"),
-        (["--from", "2m", "--to", "10s"], "--to must be at least attribution.max_wait_s (30 s) before now"),
+        (["--from", "2m", "--to", "50s"], "--to must be at least 2 x attribution.max_wait_s + 1 s (61 s) before now"),
+        (["--from", "5m", "--to", "3m", "--until", "20s"],
+         "--until must be at least attribution.max_wait_s + 1 s (31 s) before now"),
+        (["--from", "5m", "--to", "3m", "--until", "6m"], "must be after --from"),
         (["--from", "never", "--to", "1m"], "bad time 'never'"),
         (["--from", "20m", "--to", "10m", "--sink", load_config(config_path, environ={}).kafka.attributed_topic],
          "is one of the live job's topics"),
