@@ -10,6 +10,7 @@ estimated here, and an exporter whose offset is beyond the bound is not believed
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, insort
 from collections import deque
 from typing import Iterable, Mapping
@@ -95,6 +96,7 @@ class PeerClocks:
         self.bound_ms = bound_ms
         self.memory_ms = memory_ms
         self.samples: dict[str, PeerSamples] = {}
+        self.numbers: dict[str, int] = {}  # each exporter ever heard of, by the number its samples name it by
         # Of exporters seen with enough distinct peers: (median, spread of the middle half) over their
         # peers, each peer counted once (by its own median), so that one busy peer with a bad clock
         # cannot pass its offset on. It is the exporter's offset as far as most of its peers keep time;
@@ -110,11 +112,15 @@ class PeerClocks:
         at arrival time `at_ms`."""
         if looker == reporter or abs(difference_ms) > 2 * self.bound_ms:
             return
+        numbers = self.numbers
         for exporter, peer, sample in ((reporter, looker, difference_ms), (looker, reporter, -difference_ms)):
             samples = self.samples.get(exporter)
             if samples is None:
                 samples = self.samples[exporter] = PeerSamples()
-            samples.add(peer, sample, self.SAMPLES, at_ms)
+            number = numbers.get(peer)
+            if number is None:
+                number = numbers[peer] = len(numbers)
+            samples.add(number, sample, self.SAMPLES, at_ms)
             ordered = samples.medians
             n = len(ordered)
             if n >= self.MIN_PEERS:
@@ -170,37 +176,49 @@ class PeerSamples:
     instead of regrouping them all: in arrival order (to know which one leaves the window), by peer in
     sorted order (each peer's median is its middle one), and the peers' medians in sorted order (the
     exporter's median and spread are read off by position). The same samples always give the same
-    medians, whatever order they came in, so this says exactly what regrouping the window would."""
+    medians, whatever order they came in, so this says exactly what regrouping the window would.
+
+    Every shard keeps one for each exporter it hears of, up to SAMPLES differences each, so they are
+    flat arrays of 64-bit integers with peers by number: 32 B a difference, not the ~150 B of a tuple
+    and its integer objects."""
 
     __slots__ = ("window", "by_peer", "medians")
 
     def __init__(self) -> None:
-        self.window: deque[tuple[str, int, int]] = deque()  # (peer, difference, taken at), oldest first
-        self.by_peer: dict[str, list[int]] = {}
-        self.medians: list[int] = []  # one per peer in by_peer, sorted
+        self.window = array("q")  # (peer, difference, taken at) for each difference, oldest first
+        self.by_peer: dict[int, array] = {}
+        self.medians = array("q")  # one per peer in by_peer, sorted
 
-    def add(self, peer: str, difference: int, keep: int, at_ms: int) -> None:
+    def __len__(self) -> int:
+        return len(self.window) // 3
+
+    def add(self, peer: int, difference: int, keep: int, at_ms: int) -> None:
         """Take one difference with a peer, dropping the oldest once `keep` are held."""
-        if len(self.window) == keep:
-            old_peer, old, _ = self.window.popleft()
+        window = self.window
+        if len(window) == 3 * keep:
+            old_peer, old = window[0], window[1]
+            del window[:3]
             self._change(old_peer, old, adding=False)
-        self.window.append((peer, difference, at_ms))
+        window.append(peer)
+        window.append(difference)
+        window.append(at_ms)
         self._change(peer, difference, adding=True)
 
     def forget(self, before_ms: int) -> bool:
         """Drop the differences taken before `before_ms`; whether any were."""
         window = self.window
-        dropped = False
-        while window and window[0][2] < before_ms:
-            old_peer, old, _ = window.popleft()
-            self._change(old_peer, old, adding=False)
-            dropped = True
-        return dropped
+        end = 0
+        while end < len(window) and window[end + 2] < before_ms:
+            self._change(window[end], window[end + 1], adding=False)
+            end += 3
+        if end:
+            del window[:end]
+        return end > 0
 
-    def _change(self, peer: str, difference: int, adding: bool) -> None:
+    def _change(self, peer: int, difference: int, adding: bool) -> None:
         values = self.by_peer.get(peer)
         if values is None:
-            self.by_peer[peer] = [difference]
+            self.by_peer[peer] = array("q", (difference,))
             insort(self.medians, difference)
             return
         before = values[len(values) // 2]
