@@ -2,7 +2,9 @@
 batches at a fixed rate for several minutes, one `flowattr run` process answers them, and the job's RSS
 is sampled over time and drawn (docs/images/sustained-rss.png). Once the delay and the reports'
 retention are full, RSS must stay flat; its height over the number of pending lookups is the memory
-one waiting flow costs, its reports included. Figures: out/bench/sustained.json."""
+one waiting flow costs, its reports included. The job's own metrics say, at each sample, how many
+lookups and reports it holds and the bytes of its packed state by kind, which says where the height
+goes. Figures: out/bench/sustained.json."""
 
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import os
 import random
 import sys
 import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bench.harness import REPO, cpu_seconds, new_consumer, rss_bytes, save, start_jobs, stop_jobs
+from bench.harness import REPO, cpu_seconds, free_port, new_consumer, rss_bytes, save, start_jobs, stop_jobs
 from dataflow.config import AttributionConfig, load_config
 
 PICTURE = REPO / "docs" / "images" / "sustained-rss.png"
@@ -69,12 +72,14 @@ def run(bootstrap: str, workdir: Path, seconds: int, rate: int) -> dict[str, Any
     produce(bootstrap, k.exporters_topic,
             [orjson.dumps({"v": 2, "kind": "entitlement", "exporter": f"h{h}", "cidrs": [f"{host_ip(h)}/32"]})
              for h in range(HOSTS)], keys=[f"h{h}".encode() for h in range(HOSTS)])
+    port = free_port()
     toml = workdir / "sustained.toml"
     toml.write_text(
         f'region = "us-east"\n[regions]\nus-east = ["10.0.0.0/16"]\neu-west = ["10.1.0.0/16"]\n[kafka]\n'
         f'brokers = "{bootstrap}"\nraw_topic = "{k.raw_topic}"\nip_events_topic = "{k.ip_events_topic}"\n'
         f'exporters_topic = "{k.exporters_topic}"\nattributed_topic = "{k.attributed_topic}"\n'
-        f'dlq_topic = "{k.dlq_topic}"\nforward_prefix = "{k.forward_prefix}"\n')
+        f'dlq_topic = "{k.dlq_topic}"\nforward_prefix = "{k.forward_prefix}"\n'
+        f'[metrics]\nport = {port}\nhost = "127.0.0.1"\n')
     [job] = start_jobs(toml, 1)
     consumer = new_consumer(bootstrap, [k.attributed_topic])
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "20", "compression.type": "lz4"})
@@ -101,7 +106,7 @@ def run(bootstrap: str, workdir: Path, seconds: int, rate: int) -> dict[str, Any
                 if job.poll() is not None:
                     raise RuntimeError(f"the job exited {job.returncode}: {job.stderr.read()[-800:]}")
                 samples.append({"s": time.time() - began, "rss": rss_bytes(job.pid), "cpu": cpu_seconds(job.pid) - cpu0,
-                                "produced": produced, "answered": answered})
+                                "produced": produced, "answered": answered, **held(port)})
                 next_sample += SAMPLE_S
         producer.flush(30)
     finally:
@@ -110,6 +115,27 @@ def run(bootstrap: str, workdir: Path, seconds: int, rate: int) -> dict[str, Any
     a = AttributionConfig()
     return {"seconds": seconds, "rate": rate, "hosts": HOSTS, "delay_s": a.delay_s, "max_wait_s": a.max_wait_s,
             "base_rss": base_rss, "samples": samples, "error": errors or None}
+
+
+def held(port: int) -> dict[str, Any]:
+    """What the job says it holds: lookups, reports, and the bytes of its packed state by kind."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    got: dict[str, Any] = {"held_bytes": {}}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "flowattr_pending_lookups":
+                got["pending"] = int(sample.value)
+            elif sample.name == "flowattr_connection_reports":
+                got["reports"] = int(sample.value)
+            elif sample.name == "flowattr_held_bytes":
+                got["held_bytes"][sample.labels["kind"]] = int(sample.value)
+    return got
 
 
 def plateau(figures: dict[str, Any]) -> dict[str, float] | None:
@@ -123,10 +149,20 @@ def plateau(figures: dict[str, Any]) -> dict[str, float] | None:
     window = [s for s in figures["samples"] if s["s"] >= 60]
     cpu_rate = (window[-1]["cpu"] - window[0]["cpu"]) / max(window[-1]["s"] - window[0]["s"], 1e-9) if len(window) > 1 else 0
     flows_rate = (window[-1]["answered"] - window[0]["answered"]) / max(window[-1]["s"] - window[0]["s"], 1e-9) if len(window) > 1 else 0
+    counted = [s for s in late if "pending" in s]
+    kinds = sorted({kind for s in counted for kind in s["held_bytes"]})
     return {"rss": rss, "drift_per_min": (last["rss"] - first["rss"]) / max(last["s"] - first["s"], 1e-9) * 60,
             "growth": rss - figures["base_rss"], "pending": figures["rate"] * figures["delay_s"],
             "reports": figures["rate"] * (figures["delay_s"] + figures["max_wait_s"]),
-            "cpu_per_s": cpu_rate, "answered_per_s": flows_rate}
+            "cpu_per_s": cpu_rate, "answered_per_s": flows_rate,
+            # The job's own count over the same samples (medians), when its metrics answered.
+            "held_pending": _median([s["pending"] for s in counted]),
+            "held_reports": _median([s.get("reports", 0) for s in counted]),
+            "held_bytes": {kind: _median([s["held_bytes"].get(kind, 0) for s in counted]) for kind in kinds}}
+
+
+def _median(values: list[int]) -> int | None:
+    return sorted(values)[len(values) // 2] if values else None
 
 
 def draw(figures: dict[str, Any]) -> None:
@@ -172,10 +208,35 @@ def render(record: dict[str, Any]) -> str:
         f"  (at most rate x (delay + max wait) = {p['reports']:,.0f}).",
         f"- Per pending lookup, its share of the reports included: **{p['growth'] / p['pending']:,.0f} B** "
         f"(goal <= 200 B: {'met' if p['growth'] / p['pending'] <= 200 else 'missed'}).",
+        *where_it_goes(p),
         f"- RAM per 1k flows/s sustained: {p['rss'] / (f['rate'] / 1000) / 2**20:,.1f} MiB (whole process), "
         f"{p['growth'] / (f['rate'] / 1000) / 2**20:,.1f} MiB of it for the window.",
         f"- The job used {p['cpu_per_s']:.2f} CPU s per second answering {p['answered_per_s']:,.0f} flows/s: "
         f"{p['answered_per_s'] / max(p['cpu_per_s'], 1e-9):,.0f} flows per CPU second at the defaults.", ""])
+
+
+def where_it_goes(p: dict[str, Any]) -> list[str]:
+    """The growth over the idle job split by what the job says it holds."""
+    if p.get("held_pending") is None:
+        return ["- The job's metrics did not answer: where the growth goes is not known from this run."]
+    sizes = p["held_bytes"]
+    pending = max(p["held_pending"], 1)
+    rows = [("lookups waiting", f"{p['held_pending']:,}", sizes.get("lookups", 0)),
+            ("connection reports", f"{p['held_reports']:,}", sizes.get("reports", 0)),
+            ("the exporters' clock differences (each shard's, of each exporter it hears of)", "", sizes.get("clocks", 0))]
+    rest = p["growth"] - sum(size for *_, size in rows)
+    lines = ["", "Where the growth over the idle job goes, by the job's own count over the same samples",
+             "(`flowattr_pending_lookups`, `flowattr_connection_reports`, `flowattr_held_bytes`: the packed bytes of",
+             "each kind, before Python's object headers and the allocator's slack):", "",
+             "| held | how many | MiB | B per pending lookup |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {count} | {size / 2**20:,.1f} | {size / pending:,.0f} |" for name, count, size in rows]
+    lines += [f"| the rest: object headers, dicts and heaps, the allocator's slack, the runtime's and the Kafka "
+              f"clients' buffers | | {rest / 2**20:,.1f} | {rest / pending:,.0f} |",
+              f"| RSS over the idle job | | {p['growth'] / 2**20:,.1f} | {p['growth'] / pending:,.0f} |", "",
+              f"- The packed lookups and reports alone: {(rows[0][2] + rows[1][2]) / pending:,.0f} B per pending lookup; "
+              "the clock differences grow with exporters x shards, not with the rate; the rest is what the",
+              "  objects holding all of them cost beyond their packed bytes, and all else the process allocated.", ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

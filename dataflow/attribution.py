@@ -168,6 +168,15 @@ class Shard:
             "clock_ms": self.now_ms,
         }
 
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes of the packed state, by kind: what the state costs before Python's object headers and
+        the allocator's slack."""
+        return {
+            "lookups": sum(len(held) for held in self.first_tries.values()) + sum(len(held) for held in self.waiting.values()),
+            "reports": self.reports.nbytes(),
+            "clocks": self.peers.nbytes(),
+        }
+
     def absorb(self, item: ShardWork | Progress) -> list[Flow]:
         """Take one message's work or a reader's progress; return the flows decided because of it."""
         decided: list[Flow] = []

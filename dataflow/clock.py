@@ -167,6 +167,10 @@ class PeerClocks:
             return None
         return median, max(0, scatter - half_guard)
 
+    def nbytes(self) -> int:
+        """Bytes of the differences held and of their per-peer orderings."""
+        return sum(samples.nbytes() for samples in self.samples.values())
+
     def untrusted(self) -> list[str]:
         return sorted(e for e in self.samples if self.offset(e) is None)
 
@@ -189,8 +193,8 @@ class PeerSamples:
         self.by_peer: dict[int, array] = {}
         self.medians = array("q")  # one per peer in by_peer, sorted
 
-    def __len__(self) -> int:
-        return len(self.window) // 3
+    def nbytes(self) -> int:
+        return 8 * (len(self.window) + len(self.medians) + sum(len(values) for values in self.by_peer.values()))
 
     def add(self, peer: int, difference: int, keep: int, at_ms: int) -> None:
         """Take one difference with a peer, dropping the oldest once `keep` are held."""

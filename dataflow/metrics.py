@@ -104,7 +104,8 @@ class JobMetrics:
         yield from self._consumer_lag()
 
     def _shard_gauges(self) -> Iterator[Any]:
-        totals = {"addresses": 0, "ranges": 0, "pending": 0, "buffered": 0, "late": 0}
+        totals = {"addresses": 0, "ranges": 0, "pending": 0, "reports": 0, "buffered": 0, "late": 0}
+        held: dict[str, int] = {}
         clocks = []
         logics = _copy(self.shard_logics)
         for logic in logics:
@@ -113,15 +114,26 @@ class JobMetrics:
                 totals[name] += stats.get(name, 0)
             if stats.get("clock_ms", 0) > 0:
                 clocks.append(stats["clock_ms"])
+            for kind, size in _again(logic.shard.held_bytes).items():
+                held[kind] = held.get(kind, 0) + size
         gauges = [
             ("flowattr_shards", "Address shards held by this process.", len(logics)),
             ("flowattr_tracked_addresses", "Addresses with ownership ranges.", totals["addresses"]),
             ("flowattr_ownership_ranges", "Ownership ranges held.", totals["ranges"]),
             ("flowattr_pending_lookups", "Flows waiting for their remote address's owner.", totals["pending"]),
+            ("flowattr_connection_reports", "Connection reports held for their other end's lookup.", totals["reports"]),
             ("flowattr_buffered_evidence", "Work waiting for the clock to reach its arrival time.", totals["buffered"]),
         ]
         for name, text, value in gauges:
             yield GaugeMetricFamily(name, text, value=value)
+        packed = GaugeMetricFamily(
+            "flowattr_held_bytes", "Bytes of the packed state the shards hold, by kind: lookups, connection "
+            "reports, the exporters' clock differences (object headers and the allocator's slack come on top).",
+            labels=["kind"],
+        )
+        for kind, size in sorted(held.items()):
+            packed.add_metric([kind], size)
+        yield packed
         yield CounterMetricFamily(
             "flowattr_late_evidence", "Work that arrived behind its shard's clock.", value=totals["late"]
         )

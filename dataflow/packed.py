@@ -235,6 +235,10 @@ class ReportTable:
     def __len__(self) -> int:
         return self.live
 
+    def nbytes(self) -> int:
+        """Bytes of the log (dead entries not yet swept included) and of the index."""
+        return len(self.log) + self.index.itemsize * len(self.index)
+
     def __contains__(self, key: bytes) -> bool:
         return bool(self._places(key))
 

@@ -135,3 +135,14 @@ def test_one_busy_peer_with_a_bad_clock_cannot_pass_its_offset_on():
     assert clocks.clock("web") == (0, 0)
     assert clocks.known["bad"] == (8_000, 0)
     assert clocks.untrusted() == ["bad"]
+
+
+def test_held_bytes_are_eight_for_each_difference_its_peers_order_and_their_medians():
+    clocks = PeerClocks(500, 30_000, 60_000)
+    for k in range(40):  # more than SAMPLES: the oldest leave
+        clocks.observe("a", "b", 100 + k, 1_000 + k)
+    kept = PeerClocks.SAMPLES
+    # each of a and b: (peer, difference, time) per difference, the peer's sorted differences, one median
+    assert clocks.nbytes() == 2 * 8 * (3 * kept + kept + 1)
+    clocks.forget(1_000_000)
+    assert clocks.nbytes() == 0

@@ -5,12 +5,13 @@ import time
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dataflow.attribution import Shard
+from dataflow.attribution import Connection, Lookup, Shard, ShardWork
 from dataflow.config import load_config
 from dataflow.metrics import STALE_READER_S, JobMetrics
 from dataflow.routing import Tally
 from exporter.metrics import ExporterMetrics
 from exporter.ship import FileShipper
+from tests.unit.test_attribution import flow
 
 
 def samples(registry) -> dict:
@@ -100,3 +101,25 @@ def test_exporter_counters_and_map_fill(tmp_path):
     assert got[("flowattr_exporter_map_capacity", (("map", "workloads"),))] == config.exporter.max_workloads
     assert metrics.ready() is None and metrics.live() is None
     shipper.close(0)
+
+
+def test_held_bytes_and_reports_sum_the_shards_packed_state():
+    config = load_config(environ={})
+    metrics = JobMetrics(config, Tally())
+    shards = [Shard(config.attribution, frozenset(), 30_000) for _ in range(2)]
+    held = [metrics.shard(Held(s)) for s in shards]
+    now_ms = int(time.time() * 1000)
+    for i, shard in enumerate(shards):
+        shard.now_ms = now_ms  # work that arrived before the shard's clock is applied at once
+        local = f"10.0.0.{i + 1}"
+        shard.absorb(ShardWork(now_ms - 1_000, (2, 0, i), [
+            Lookup(flow(remote_ip="10.0.0.9", local_ip=local, start=now_ms - 5_000)),
+            Connection(("10.0.0.7", 443, local, 40_001), now_ms - 6_000, "web", "h"),
+        ]))
+    got = samples(metrics.registry)
+    assert got[("flowattr_pending_lookups", ())] == 2 and got[("flowattr_connection_reports", ())] == 2
+    for kind in ("lookups", "reports", "clocks"):
+        assert got[("flowattr_held_bytes", (("kind", kind),))] == sum(s.held_bytes()[kind] for s in shards)
+    assert shards[0].held_bytes()["lookups"] > 0 and shards[0].held_bytes()["reports"] > 0
+    held.clear()  # the runtime lets them go
+    assert samples(metrics.registry).get(("flowattr_held_bytes", (("kind", "lookups"),)), 0) == 0
