@@ -151,8 +151,11 @@ def plateau(figures: dict[str, Any]) -> dict[str, float] | None:
     flows_rate = (window[-1]["answered"] - window[0]["answered"]) / max(window[-1]["s"] - window[0]["s"], 1e-9) if len(window) > 1 else 0
     counted = [s for s in late if "pending" in s]
     kinds = sorted({kind for s in counted for kind in s["held_bytes"]})
+    expected = figures["rate"] * figures["delay_s"]
     return {"rss": rss, "drift_per_min": (last["rss"] - first["rss"]) / max(last["s"] - first["s"], 1e-9) * 60,
-            "growth": rss - figures["base_rss"], "pending": figures["rate"] * figures["delay_s"],
+            "growth": rss - figures["base_rss"], "expected_pending": expected,
+            # What the job says it holds, else what the rate and the delay make it hold.
+            "pending": _median([s["pending"] for s in counted]) or expected,
             "reports": figures["rate"] * (figures["delay_s"] + figures["max_wait_s"]),
             "cpu_per_s": cpu_rate, "answered_per_s": flows_rate,
             # The job's own count over the same samples (medians), when its metrics answered.
@@ -203,16 +206,16 @@ def render(record: dict[str, Any]) -> str:
         f"- RSS once the window was full: **{p['rss'] / 2**20:,.0f} MiB** ({p['growth'] / 2**20:,.0f} MiB over the idle job), "
         f"moving {p['drift_per_min'] / 2**20:+.1f} MiB a minute over the last minute: "
         f"{'**flat**' if flat else '**not flat**'} (within 2% a minute).",
-        f"- Held then: about {p['pending']:,.0f} lookups waiting for their first try (rate x delay), the connection",
-        "  reports their other ends' lookups have not yet been answered from, and those no lookup answered",
-        f"  (at most rate x (delay + max wait) = {p['reports']:,.0f}).",
+        f"- Held then: {p['pending']:,.0f} lookups waiting for their first try (rate x delay = {p['expected_pending']:,.0f}),",
+        "  the connection reports their other ends' lookups have not yet been answered from, and those no lookup",
+        f"  answered (at most rate x (delay + max wait) = {p['reports']:,.0f}).",
         f"- Per pending lookup, its share of the reports included: **{p['growth'] / p['pending']:,.0f} B** "
         f"(goal <= 200 B: {'met' if p['growth'] / p['pending'] <= 200 else 'missed'}).",
-        *where_it_goes(p),
         f"- RAM per 1k flows/s sustained: {p['rss'] / (f['rate'] / 1000) / 2**20:,.1f} MiB (whole process), "
         f"{p['growth'] / (f['rate'] / 1000) / 2**20:,.1f} MiB of it for the window.",
         f"- The job used {p['cpu_per_s']:.2f} CPU s per second answering {p['answered_per_s']:,.0f} flows/s: "
-        f"{p['answered_per_s'] / max(p['cpu_per_s'], 1e-9):,.0f} flows per CPU second at the defaults.", ""])
+        f"{p['answered_per_s'] / max(p['cpu_per_s'], 1e-9):,.0f} flows per CPU second at the defaults "
+        "(its metrics scraped every 5 s).", *where_it_goes(p)])
 
 
 def where_it_goes(p: dict[str, Any]) -> list[str]:
@@ -220,7 +223,7 @@ def where_it_goes(p: dict[str, Any]) -> list[str]:
     if p.get("held_pending") is None:
         return ["- The job's metrics did not answer: where the growth goes is not known from this run."]
     sizes = p["held_bytes"]
-    pending = max(p["held_pending"], 1)
+    pending = max(p["pending"], 1)
     rows = [("lookups waiting", f"{p['held_pending']:,}", sizes.get("lookups", 0)),
             ("connection reports", f"{p['held_reports']:,}", sizes.get("reports", 0)),
             ("the exporters' clock differences (each shard's, of each exporter it hears of)", "", sizes.get("clocks", 0))]
