@@ -92,6 +92,8 @@ class PeerClocks:
     MIN_PEERS = 3
 
     def __init__(self, guard_ms: int, bound_ms: int, memory_ms: int):
+        if 2 * bound_ms >= _MIDDLE:
+            raise ValueError("a clock bound of 12 days or more")  # a difference must fit half a sample key
         self.guard_ms = guard_ms
         self.bound_ms = bound_ms
         self.memory_ms = memory_ms
@@ -182,19 +184,20 @@ class PeerSamples:
     exporter's median and spread are read off by position). The same samples always give the same
     medians, whatever order they came in, so this says exactly what regrouping the window would.
 
-    Every shard keeps one for each exporter it hears of, up to SAMPLES differences each, so they are
-    flat arrays of 64-bit integers with peers by number: 32 B a difference, not the ~150 B of a tuple
-    and its integer objects."""
+    Every shard keeps one for each exporter it hears of, so they are three flat arrays of 64-bit
+    integers, peers by number: the window; every difference as one sorted key, its peer in the high
+    half (so that each peer's differences are one sorted run); and the medians. About 1.5 KB with 32
+    differences from 32 peers, where tuples, a dict and a list per peer took 5.6 KB."""
 
     __slots__ = ("window", "by_peer", "medians")
 
     def __init__(self) -> None:
         self.window = array("q")  # (peer, difference, taken at) for each difference, oldest first
-        self.by_peer: dict[int, array] = {}
-        self.medians = array("q")  # one per peer in by_peer, sorted
+        self.by_peer = array("q")  # peer << 32 | difference + 2**31 for each difference, sorted
+        self.medians = array("q")  # one per peer with differences, sorted
 
     def nbytes(self) -> int:
-        return 8 * (len(self.window) + len(self.medians) + sum(len(values) for values in self.by_peer.values()))
+        return 8 * (len(self.window) + len(self.by_peer) + len(self.medians))
 
     def add(self, peer: int, difference: int, keep: int, at_ms: int) -> None:
         """Take one difference with a peer, dropping the oldest once `keep` are held."""
@@ -220,21 +223,28 @@ class PeerSamples:
         return end > 0
 
     def _change(self, peer: int, difference: int, adding: bool) -> None:
-        values = self.by_peer.get(peer)
-        if values is None:
-            self.by_peer[peer] = array("q", (difference,))
-            insort(self.medians, difference)
-            return
-        before = values[len(values) // 2]
+        """`difference` (within +-2**31, as PeerClocks.observe keeps them) joins or leaves its peer's run."""
+        keys, medians = self.by_peer, self.medians
+        base = peer << 32
+        lo, hi = bisect_left(keys, base), bisect_left(keys, base + _RUN)
+        before = keys[lo + (hi - lo) // 2] if hi > lo else None
+        key = base + _MIDDLE + difference
         if adding:
-            insort(values, difference)
+            insort(keys, key, lo, hi)
+            hi += 1
         else:
-            del values[bisect_left(values, difference)]
-            if not values:
-                del self.by_peer[peer]
-                del self.medians[bisect_left(self.medians, before)]
-                return
-        after = values[len(values) // 2]
-        if after != before:
-            del self.medians[bisect_left(self.medians, before)]
-            insort(self.medians, after)
+            del keys[bisect_left(keys, key, lo, hi)]
+            hi -= 1
+        if hi == lo:
+            del medians[bisect_left(medians, before - base - _MIDDLE)]
+            return
+        after = keys[lo + (hi - lo) // 2]
+        if before is None:
+            insort(medians, after - base - _MIDDLE)
+        elif after != before:
+            del medians[bisect_left(medians, before - base - _MIDDLE)]
+            insort(medians, after - base - _MIDDLE)
+
+
+_RUN = 1 << 32  # the keys of one peer's differences
+_MIDDLE = 1 << 31  # a difference's offset in its key

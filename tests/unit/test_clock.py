@@ -146,3 +146,9 @@ def test_held_bytes_are_eight_for_each_difference_its_peers_order_and_their_medi
     assert clocks.nbytes() == 2 * 8 * (3 * kept + kept + 1)
     clocks.forget(1_000_000)
     assert clocks.nbytes() == 0
+
+
+def test_a_bound_whose_differences_would_not_fit_a_sample_key_is_refused():
+    PeerClocks(500, (1 << 30) - 1, 60_000)
+    with pytest.raises(ValueError):
+        PeerClocks(500, 1 << 30, 60_000)
