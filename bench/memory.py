@@ -144,14 +144,21 @@ def _child(args: list[str]) -> dict:
                                      capture_output=True, text=True).stdout)
 
 
+REPEATS = 3  # RSS moves by a few bytes a flow from one fresh process to the next: the median of these
+
+
 def measure(n: int) -> dict:
     """N and 10N flows, each size in a fresh process; with and without a connection report per flow."""
     figures = {}
     for reports in (True, False):
-        runs = [_child(["--child", str(size)] + ([] if reports else ["--no-reports"])) for size in (n, 10 * n)]
-        small, large = runs
-        per_flow = (large["rss_bytes"] - small["rss_bytes"]) / (large["pending"] - small["pending"])
-        figures["with_reports" if reports else "lookups_only"] = {"runs": runs, "bytes_per_pending_flow": per_flow}
+        repeats = []
+        for _ in range(REPEATS):
+            small, large = (_child(["--child", str(size)] + ([] if reports else ["--no-reports"])) for size in (n, 10 * n))
+            per_flow = (large["rss_bytes"] - small["rss_bytes"]) / (large["pending"] - small["pending"])
+            repeats.append({"runs": [small, large], "bytes_per_pending_flow": per_flow})
+        repeats.sort(key=lambda r: r["bytes_per_pending_flow"])
+        figures["with_reports" if reports else "lookups_only"] = {
+            **repeats[len(repeats) // 2], "repeats": [r["bytes_per_pending_flow"] for r in repeats]}
     small, large = (_child(["--addresses", str(size)]) for size in (5 * n, 50 * n))
     figures["addresses"] = {"runs": [small, large], "bytes_per_address":
                             (large["rss_bytes"] - small["rss_bytes"]) / (large["addresses"] - small["addresses"])}
@@ -180,6 +187,10 @@ def render(record: dict) -> str:
               f"- a pending lookup alone (flows without a local workload leave no report): "
               f"**{lookups['bytes_per_pending_flow']:.0f} B** ({alone} the goal); so a connection report costs about "
               f"**{report:.0f} B** more.",
+              *(f"- {name}: the median of {len(figures[key]['repeats'])} measurements, "
+                f"{', '.join(f'{b:.0f}' for b in figures[key]['repeats'])} B (the table shows the median one's runs);"
+                for name, key in (("with its report", "with_reports"), ("alone", "lookups_only"))
+                if "repeats" in figures[key]),
               "- A connection report that came before its other end's lookup goes along with the lookup"
               f" ({CARRIED.size} B in it);",
               "  one that came after waits in the shard's table until that lookup is answered from it. Reports no",
