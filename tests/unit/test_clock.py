@@ -142,8 +142,8 @@ def test_held_bytes_are_eight_for_each_difference_its_peers_order_and_their_medi
     for k in range(40):  # more than SAMPLES: the oldest leave
         clocks.observe("a", "b", 100 + k, 1_000 + k)
     kept = PeerClocks.SAMPLES
-    # each of a and b: (peer, difference, time) per difference, the peer's sorted differences, one median
-    assert clocks.nbytes() == 2 * 8 * (3 * kept + kept + 1)
+    # each of a and b: (key, time) per difference, the sorted keys, one median
+    assert clocks.nbytes() == 2 * 8 * (2 * kept + kept + 1)
     clocks.forget(1_000_000)
     assert clocks.nbytes() == 0
 
