@@ -152,14 +152,15 @@ def plateau(figures: dict[str, Any]) -> dict[str, float] | None:
     counted = [s for s in late if "pending" in s]
     kinds = sorted({kind for s in counted for kind in s["held_bytes"]})
     expected = figures["rate"] * figures["delay_s"]
+    held_pending = _median([s["pending"] for s in counted])
     return {"rss": rss, "drift_per_min": (last["rss"] - first["rss"]) / max(last["s"] - first["s"], 1e-9) * 60,
             "growth": rss - figures["base_rss"], "expected_pending": expected,
             # What the job says it holds, else what the rate and the delay make it hold.
-            "pending": _median([s["pending"] for s in counted]) or expected,
+            "pending": held_pending or expected,
             "reports": figures["rate"] * (figures["delay_s"] + figures["max_wait_s"]),
             "cpu_per_s": cpu_rate, "answered_per_s": flows_rate,
             # The job's own count over the same samples (medians), when its metrics answered.
-            "held_pending": _median([s["pending"] for s in counted]),
+            "held_pending": held_pending,
             "held_reports": _median([s.get("reports", 0) for s in counted]),
             "held_bytes": {kind: _median([s["held_bytes"].get(kind, 0) for s in counted]) for kind in kinds}}
 

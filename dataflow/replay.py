@@ -196,7 +196,8 @@ class Replay:
                 self._route(group, later)
 
     def finish(self) -> None:
-        """What is still pending arrived too close to the window's end to be decided as the job did."""
+        """End of the window: a flow of the range still pending arrived after --until (so its deadline
+        lies past what was read); one that arrived by then cannot be, and would count as undecided."""
         for shard in self.shards.values():
             for flow in shard.finish():
                 if self.window.covers(flow):
