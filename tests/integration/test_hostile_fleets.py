@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter, defaultdict, deque
 from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
@@ -154,8 +155,8 @@ def test_shared_addresses_skew_and_stale_peers_never_misattribute(name, start_ms
 
 def run_kafka(bootstrap, fleet, folder):
     """The fleet's messages on fresh topics, produced as fast as the broker takes them (it stamps their
-    arrival), read by the job; its answers once every flow is answered, and the recording of the input
-    topics as the broker holds them (arrival stamps and keys)."""
+    arrival), read by the job; its answers once every flow is answered, and the input topics as the
+    broker holds them: (timestamp, partition, offset, key, value) by input."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     kafka = {"brokers": bootstrap, "partitions": 3, "raw_topic": f"{prefix}flows.raw",
              "ip_events_topic": f"{prefix}ip-events", "exporters_topic": f"{prefix}exporters",
@@ -189,31 +190,35 @@ def run_kafka(bootstrap, fleet, folder):
     # Every flow in exactly one place: answered here, or forwarded to the region of its remote end.
     ids = [a["flow_id"] for t in topics for a in out[t]]
     assert len(ids) == len(set(ids)) == flows_in, stderr[-2000:]
-    recording = {name: stamped_messages(bootstrap, topic) for name, (topic, _) in inputs.items()}
-    return out[topics[0]], replace(fleet, entitlement_messages=recording["exporters"], flow_messages=recording["flows"],
-                                   ip_event_messages=recording["ip_events"], forwarded_messages=recording["forwarded"])
+    stamps = {name: timestamped(bootstrap, topic) for name, (topic, _) in inputs.items()}
+    return out[topics[0]], stamps
 
 
-def stamped_messages(bootstrap, topic):
-    """A topic's messages with the broker's timestamps, in the order a reader of all its partitions
-    meets them by arrival (ties by partition, then offset)."""
-    return [sim.Delivery(stamp, key or b"", value) for stamp, _, _, key, value in sorted(timestamped(bootstrap, topic))]
+def recorded(fleet, stamps):
+    """The fleet as the broker would hold it had it been produced in the place of the stamped run: each
+    message with the arrival stamp, partition and offset of the message sent in its place (the same
+    exporter's k-th batch), in the order a reader of all partitions meets them (ties by partition, then
+    offset). Over the stamped run's own fleet, exactly that run's recording."""
+    def restamp(messages, stamped):
+        places = defaultdict(deque)
+        for ts, partition, offset, key, _ in sorted(stamped, key=lambda m: (m[1], m[2])):
+            places[key or b""].append((ts, partition, offset))
+        assert Counter(m.key for m in messages) == {k: len(v) for k, v in places.items()}
+        placed = [(*places[m.key].popleft(), m) for m in sorted(messages, key=lambda m: m.arrival_ms)]
+        return [sim.Delivery(ts, m.key, m.value) for ts, _, _, m in sorted(placed, key=lambda p: p[:3])]
 
-
-@pytest.fixture(scope="module")
-def clean_on_kafka(kafka_bootstrap, start_ms, tmp_path_factory):
-    fleet = sim.simulate(replace(BASE, start_ms=start_ms, **QUICK))
-    answers, _ = run_kafka(kafka_bootstrap, fleet, tmp_path_factory.mktemp("clean-kafka"))
-    return answers
+    return replace(fleet, entitlement_messages=restamp(fleet.entitlement_messages, stamps["exporters"]),
+                   flow_messages=restamp(fleet.flow_messages, stamps["flows"]),
+                   ip_event_messages=restamp(fleet.ip_event_messages, stamps["ip_events"]),
+                   forwarded_messages=restamp(fleet.forwarded_messages, stamps["forwarded"]))
 
 
 @pytest.mark.kafka
 @pytest.mark.parametrize("name", ["liars", "fast"])
-def test_on_kafka_a_liar_or_a_fast_clock_changes_no_one_elses_answer(name, kafka_bootstrap, start_ms, clean_on_kafka,
-                                                                      tmp_path, capsys):
+def test_on_kafka_a_liar_or_a_fast_clock_changes_no_one_elses_answer(name, kafka_bootstrap, start_ms, tmp_path, capsys):
     overrides = {"lie_s": 120.0} if name == "liars" else {}
     fleet = sim.simulate(replace(BASE, start_ms=start_ms, **QUICK, **{**HOSTILE[name], **overrides}))
-    answers, recording = run_kafka(kafka_bootstrap, fleet, tmp_path)
+    answers, stamps = run_kafka(kafka_bootstrap, fleet, tmp_path)
     wrong = misattributed(answers, fleet.truth)
     assert wrong == [], f"kafka {name}: misattributed flows {wrong[:20]} ({len(wrong)})"
     owned = [a for a in answers if fleet.truth.get(a["flow_id"]) is not None]
@@ -223,13 +228,21 @@ def test_on_kafka_a_liar_or_a_fast_clock_changes_no_one_elses_answer(name, kafka
               f" ({100 * unattributed / len(owned):.2f}%), 0 misattributed")
     assert unattributed < 0.2 * len(owned)
     live = outcomes(answers)
-    # The same fleet without the liar or the broken clock, on its own topics: no answer it could spoil changed.
-    spared = [i for i in fleet.instances if i.host == fleet.fast_exporter]
-    before = outcomes(a for a in clean_on_kafka if not involves(a, spared))
-    changed = sorted(f for f in before if live.get(f) != before[f])
-    assert changed == [], f"kafka {name}: {[(f, before[f], live.get(f)) for f in changed[:10]]} ({len(changed)})"
     # Read ahead across three partitions as fast as the broker serves them, the job answers as it does
     # over the topics' recording in file mode (arrival stamps and keys as the broker holds them).
-    recorded = outcomes(run_files(recording, tmp_path / "recording", attribution=QUICK_SETTINGS))
-    changed = sorted(f for f in recorded if live.get(f) != recorded[f])
-    assert changed == [], f"kafka {name}: {[(f, recorded[f], live.get(f)) for f in changed[:10]]} ({len(changed)})"
+    recording = recorded(fleet, stamps)
+    assert recording.flow_messages == [sim.Delivery(ts, key or b"", value) for ts, _, _, key, value in sorted(stamps["flows"])]
+    replayed = outcomes(run_files(recording, tmp_path / "recording", attribution=QUICK_SETTINGS))
+    changed = sorted(f for f in replayed if live.get(f) != replayed[f])
+    assert changed == [], f"kafka {name}: {[(f, replayed[f], live.get(f)) for f in changed[:10]]} ({len(changed)})"
+    # The same fleet without the liar or the broken clock, each of its messages arriving where its
+    # counterpart arrived on the broker: no answer the lie or the clock could spoil changed. (Two runs on
+    # the broker would differ in their arrival stamps, and with them in which decision-grid second a
+    # lookup near a boundary falls.)
+    clean = recorded(sim.simulate(replace(BASE, start_ms=start_ms, **QUICK)), stamps)
+    spared = [i for i in fleet.instances if i.host == fleet.fast_exporter]
+    before = outcomes(a for a in run_files(clean, tmp_path / "clean", attribution=QUICK_SETTINGS)
+                      if not involves(a, spared))
+    assert len(before) > 3000
+    changed = sorted(f for f in before if live.get(f) != before[f])
+    assert changed == [], f"kafka {name}: {[(f, before[f], live.get(f)) for f in changed[:10]]} ({len(changed)})"
