@@ -23,34 +23,39 @@ def load(name: str) -> dict[str, Any] | None:
 def planning(tput: dict | None, mem: dict | None, sus: dict | None) -> str:
     """Per-process figures a fleet-size deployment plans with, and what they give for FLEET_RATE."""
     per_core = throughput.per_core(tput["figures"]) if tput else None
-    plateau = sustained.plateau(sus["figures"]) if sus else None
+    split = sustained.marginal(sus["figures"]) if sus else None
     lines = ["## Planning figures, per process (one worker, one core)", ""]
-    if not (per_core and plateau and mem):
-        return "\n".join(lines + ["Not all of throughput, memory and the sustained run were measured in this run.", ""])
-    f = sus["figures"]
+    if not (per_core and split and mem):
+        return "\n".join(lines + ["Not all of throughput, memory and the sustained runs were measured in this run.", ""])
+    high = split["high"]
     per_address = mem["figures"]["addresses"]["bytes_per_address"]
-    per_pending = plateau["growth"] / plateau["pending"]
-    ram_per_1k = plateau["rss"] / (f["rate"] / 1000)
-    window_per_1k = plateau["growth"] / (f["rate"] / 1000)
-    base = f["base_rss"]
+    per_pending = split["per_pending"]["growth"]
+    fixed = split["fixed"]["growth"]
+    # Lookups held per 1k flows/s, as the faster run held them (about the delay's worth).
+    window_per_1k = per_pending * high["pending"] / (high["rate"] / 1000)
+    base = min(f["base_rss"] for f in sus["figures"]["runs"])
     cores = FLEET_RATE / per_core
     processes = int(-(-cores // 1))
     per_process_rate = FLEET_RATE / processes
-    ram_process = base + window_per_1k * per_process_rate / 1000
+    ram_process = base + fixed + window_per_1k * per_process_rate / 1000
     return "\n".join(lines + [
         "| figure | value | from |", "|---|---:|---|",
         f"| flows per CPU second | {per_core:,.0f} | throughput, Kafka, 1 process |",
-        f"| RAM of an idle job process | {base / 2**20:,.0f} MiB | sustained run, before the stream |",
-        f"| RAM per 1k flows/s sustained (delay 60 s, max wait 300 s) | {window_per_1k / 2**20:,.1f} MiB over the idle process "
-        f"({ram_per_1k / 2**20:,.1f} MiB whole process at {f['rate']:,} flows/s) | sustained run |",
-        f"| per pending flow (its reports included) | {per_pending:,.0f} B | sustained run |",
+        f"| RAM of an idle job process | {base / 2**20:,.0f} MiB | sustained runs, before the stream |",
+        f"| RAM that does not grow with the rate | {fixed / 2**20:,.1f} MiB with {sus['figures']['runs'][0]['hosts']} "
+        f"exporters and 128 shards ({split['fixed']['clocks'] / 2**20:,.1f} MiB of it packed clock differences, which grow with "
+        "exporters x shards) | sustained runs, intercept |",
+        f"| per pending flow (its reports included) | {per_pending:,.0f} B | sustained runs, slope |",
+        f"| RAM per 1k flows/s sustained (delay 60 s, max wait 300 s) | {window_per_1k / 2**20:,.1f} MiB | slope x lookups held per 1k flows/s |",
         f"| per tracked address (one ownership range) | {per_address:,.0f} B | memory |", "",
         f"Worked example, {FLEET_RATE:,} flows/s: at {per_core:,.0f} flows per CPU second that is {cores:,.0f} cores, so "
-        f"{processes:,} single-worker processes at {per_process_rate:,.0f} flows/s each, each holding about "
-        f"{ram_process / 2**30:,.2f} GiB ({base / 2**20:,.0f} MiB idle + {window_per_1k / 2**20:,.1f} MiB per 1k flows/s), "
+        f"{processes:,} single-worker processes at {per_process_rate:,.0f} flows/s each (with `attribution.shards` at least "
+        f"{processes:,}, so that every process holds some), each holding about {ram_process / 2**30:,.2f} GiB "
+        f"({base / 2**20:,.0f} MiB idle + {fixed / 2**20:,.1f} MiB + {window_per_1k / 2**20:,.1f} MiB per 1k flows/s), "
         f"{processes * ram_process / 2**40:,.2f} TiB in all, plus {per_address:,.0f} B for every address the fleet uses "
-        "(kept for retention_s after its last heartbeat), spread over the processes by shard. Cores shared with",
-        "Kafka clients and the runtime are included in the per-core figure (it counts every CPU second of the job).", ""])
+        "(kept for retention_s after its last heartbeat), spread over the processes by shard, and the clocks of",
+        "every exporter each process hears of. Cores shared with Kafka clients and the runtime are included in the",
+        "per-core figure (it counts every CPU second of the job).", ""])
 
 
 def document() -> str:

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each throughput figure; the median is kept")
     parser.add_argument("--sustained-s", type=int, default=480, help="length of the paced stream at the defaults")
-    parser.add_argument("--sustained-rate", type=int, default=4000, help="its flows per second")
+    parser.add_argument("--sustained-rates", type=lambda text: tuple(int(r) for r in text.split(",")),
+                        default=sustained.RATES, help="its flows per second, one run at each (comma-separated)")
     parser.add_argument("--only", type=lambda text: text.split(","), default=BENCHMARKS,
                         help=f"a comma-separated choice of {','.join(BENCHMARKS)} (each rewrites its own figures)")
     args = parser.parse_args(argv)
@@ -54,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
         if "sustained" in args.only:
             result: dict = {}
-            guarded("sustained", lambda: sustained.run(bootstrap, workdir, 90 if args.quick else args.sustained_s,
-                                                       args.sustained_rate), result)
-            if "samples" in result["sustained"]:
+            guarded("sustained", lambda: sustained.run_rates(bootstrap, workdir, 90 if args.quick else args.sustained_s,
+                                                             args.sustained_rates), result)
+            if "runs" in result["sustained"]:
                 sustained.draw(result["sustained"])
                 save("sustained", result["sustained"], started)
     return 0

@@ -1,10 +1,12 @@
-"""A sustained run at the default delay (60 s) and max wait (300 s): a paced producer sends a fleet's
+"""Sustained runs at the default delay (60 s) and max wait (300 s): a paced producer sends a fleet's
 batches at a fixed rate for several minutes, one `flowattr run` process answers them, and the job's RSS
 is sampled over time and drawn (docs/images/sustained-rss.png). Once the delay and the reports'
-retention are full, RSS must stay flat; its height over the number of pending lookups is the memory
-one waiting flow costs, its reports included. The job's own metrics say, at each sample, how many
-lookups and reports it holds and the bytes of its packed state by kind, which says where the height
-goes. Figures: out/bench/sustained.json."""
+retention are full, RSS must stay flat. The same run at two rates, side by side, splits its height over
+the idle job into what each pending lookup adds (the slope: its reports, its share of every object and
+buffer that grows with the rate) and what does not grow with the rate (the intercept: the exporters'
+clocks, which grow with exporters x shards, and the runtime's own). The job's metrics say, at each
+sample, how many lookups and reports it holds and the bytes of its packed state by kind, which says
+where each part goes. Figures: out/bench/sustained.json."""
 
 from __future__ import annotations
 
@@ -21,12 +23,17 @@ from typing import Any
 import orjson
 
 from bench.harness import REPO, cpu_seconds, free_port, new_consumer, rss_bytes, save, start_jobs, stop_jobs
+from dataflow.clock import PeerClocks
 from dataflow.config import AttributionConfig, load_config
 
 PICTURE = REPO / "docs" / "images" / "sustained-rss.png"
 HOSTS = 200
 WORKLOADS = 40
 SAMPLE_S = 5.0
+# Both above the rate at which every exporter's clock differences in every shard are full (32 within
+# the max wait), so that the clocks are the same height in both runs and the slope is what pending
+# lookups cost.
+RATES = (2000, 8000)
 
 
 def host_ip(i: int) -> str:
@@ -117,6 +124,11 @@ def run(bootstrap: str, workdir: Path, seconds: int, rate: int) -> dict[str, Any
             "base_rss": base_rss, "samples": samples, "error": errors or None}
 
 
+def run_rates(bootstrap: str, workdir: Path, seconds: int, rates: tuple[int, ...]) -> dict[str, Any]:
+    """The sustained run at each rate, each with its own topics and job process, one after the other."""
+    return {"runs": [run(bootstrap, workdir, seconds, rate) for rate in rates]}
+
+
 def held(port: int) -> dict[str, Any]:
     """What the job says it holds: lookups, reports, and the bytes of its packed state by kind."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -165,6 +177,29 @@ def plateau(figures: dict[str, Any]) -> dict[str, float] | None:
             "held_bytes": {kind: _median([s["held_bytes"].get(kind, 0) for s in counted]) for kind in kinds}}
 
 
+def marginal(figures: dict[str, Any]) -> dict[str, Any] | None:
+    """What one more pending lookup costs (the slope of the growth over the idle job against the lookups
+    held, between the lowest and the highest rate) and what the growth holds whatever the rate (the
+    intercept), in all and by kind: the packed lookups, reports and clocks the job counts, and the rest."""
+    points = [(f, plateau(f)) for f in figures["runs"] if not f.get("error")]
+    points = [(f, p) for f, p in points if p and p["held_pending"]]
+    if len(points) < 2:
+        return None
+    (slow, low), (fast, high) = min(points, key=lambda x: x[1]["pending"]), max(points, key=lambda x: x[1]["pending"])
+    span = high["pending"] - low["pending"]
+    if span <= 0:
+        return None
+
+    def parts(p: dict[str, Any]) -> dict[str, float]:
+        packed = {kind: float(p["held_bytes"].get(kind, 0)) for kind in ("lookups", "reports", "clocks")}
+        return {**packed, "rest": p["growth"] - sum(packed.values()), "growth": float(p["growth"])}
+
+    a, b = parts(low), parts(high)
+    slope = {kind: (b[kind] - a[kind]) / span for kind in a}
+    return {"per_pending": slope, "fixed": {kind: a[kind] - slope[kind] * low["pending"] for kind in a},
+            "low": {**low, "rate": slow["rate"]}, "high": {**high, "rate": fast["rate"]}}
+
+
 def _median(values: list[int]) -> int | None:
     return sorted(values)[len(values) // 2] if values else None
 
@@ -175,17 +210,20 @@ def draw(figures: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samples = figures["samples"]
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot([s["s"] for s in samples], [s["rss"] / 2**20 for s in samples], label="job RSS")
-    ax.axhline(figures["base_rss"] / 2**20, color="grey", linestyle=":", label="idle job before the stream")
-    for x, label in ((figures["delay_s"], "delay"), (figures["delay_s"] + figures["max_wait_s"], "delay + max wait")):
+    runs = [f for f in figures["runs"] if f.get("samples")]
+    for f in runs:
+        line, = ax.plot([s["s"] for s in f["samples"]], [s["rss"] / 2**20 for s in f["samples"]],
+                        label=f"job RSS, {f['rate']:,} flows/s")
+        ax.axhline(f["base_rss"] / 2**20, color=line.get_color(), linestyle=":", label="idle job before its stream")
+    first = runs[0]
+    for x, label in ((first["delay_s"], "delay"), (first["delay_s"] + first["max_wait_s"], "delay + max wait")):
         ax.axvline(x, color="grey", linestyle="--")
         ax.text(x, ax.get_ylim()[1] * 0.98, f" {label}", va="top", fontsize=8)
     ax.set_xlabel("seconds since the stream started")
     ax.set_ylabel("MiB")
-    ax.set_title(f"flowattr run, {figures['rate']:,} flows/s, delay {figures['delay_s']:g} s, max wait {figures['max_wait_s']:g} s")
-    ax.legend(loc="lower right")
+    ax.set_title(f"flowattr run, delay {first['delay_s']:g} s, max wait {first['max_wait_s']:g} s")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     PICTURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PICTURE, dpi=100)
@@ -194,59 +232,58 @@ def draw(figures: dict[str, Any]) -> None:
 
 def render(record: dict[str, Any]) -> str:
     f = record["figures"]
-    p = plateau(f)
-    head = ["## Sustained run at the defaults", "",
-            f"A paced producer sends {f['rate']:,} flows/s ({f['hosts']} hosts, each shipping one batch a second with a",
-            f"heartbeat; every connection reported by both ends) for {f['seconds']} s to one `flowattr run` process at",
-            f"delay_s {f['delay_s']:g} and max_wait_s {f['max_wait_s']:g}; its RSS is sampled every {SAMPLE_S:g} s.", "",
-            f"![RSS over time]({PICTURE.relative_to(REPO / 'docs')})", ""]
-    if p is None:
-        return "\n".join(head + ["The run was too short to reach a full window.", ""])
-    flat = abs(p["drift_per_min"]) <= 0.02 * p["rss"]
+    runs = f["runs"]
+    one = runs[0]
+    rates = " and ".join(f"{r['rate']:,}" for r in runs)
+    head = ["## Sustained runs at the defaults", "",
+            f"A paced producer sends {rates} flows/s ({one['hosts']} hosts, each shipping one batch a second with a",
+            f"heartbeat; every connection reported by both ends) for {one['seconds']} s to one `flowattr run` process at",
+            f"delay_s {one['delay_s']:g} and max_wait_s {one['max_wait_s']:g}, one rate after the other, each on its own",
+            f"topics and in a fresh job process; its RSS is sampled every {SAMPLE_S:g} s and its metrics scraped with it.", "",
+            f"![RSS over time]({PICTURE.relative_to(REPO / 'docs')})", "",
+            "| flows/s | RSS once the window was full | over the idle job | drift over the last minute | lookups held "
+            "| reports held | growth per lookup held | CPU s a second | flows per CPU second |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in runs:
+        p = plateau(run) if run.get("samples") else None
+        if p is None:
+            head.append(f"| {run['rate']:,} | {run.get('error') or 'too short to fill the window'} | | | | | | | |")
+            continue
+        flat = "flat" if abs(p["drift_per_min"]) <= 0.02 * p["rss"] else "**not flat**"
+        head.append(f"| {run['rate']:,} | {p['rss'] / 2**20:,.0f} MiB | {p['growth'] / 2**20:,.0f} MiB "
+                    f"| {p['drift_per_min'] / 2**20:+.1f} MiB a minute ({flat}) | {p['pending']:,.0f} "
+                    f"| {p['held_reports'] or 0:,} | {p['growth'] / p['pending']:,.0f} B | {p['cpu_per_s']:.2f} "
+                    f"| {p['answered_per_s'] / max(p['cpu_per_s'], 1e-9):,.0f} |")
+    head += ["", "*Lookups held* are those waiting for their first try (about rate x delay); *reports held* the "
+             "connection reports kept for the other end's lookup. *Drift* within 2% of RSS a minute is flat.", ""]
+    m = marginal(f)
+    if m is None:
+        return "\n".join(head + ["Fewer than two rates filled their window: the growth is not split.", ""])
+    slope, fixed = m["per_pending"], m["fixed"]
+    rows = [("packed lookups", "lookups"), ("packed connection reports", "reports"),
+            ("packed clock differences (each shard's, of each exporter it hears of)", "clocks"),
+            ("the rest: object headers, dicts and heaps, the allocator's slack, the runtime's and the Kafka "
+             "clients' buffers", "rest"), ("**RSS over the idle job**", "growth")]
+    verdict = "met" if slope["growth"] <= 200 else "missed"
     return "\n".join(head + [
-        f"- RSS once the window was full: **{p['rss'] / 2**20:,.0f} MiB** ({p['growth'] / 2**20:,.0f} MiB over the idle job), "
-        f"moving {p['drift_per_min'] / 2**20:+.1f} MiB a minute over the last minute: "
-        f"{'**flat**' if flat else '**not flat**'} (within 2% a minute).",
-        f"- Held then: {p['pending']:,.0f} lookups waiting for their first try (rate x delay = {p['expected_pending']:,.0f}),",
-        "  the connection reports their other ends' lookups have not yet been answered from, and those no lookup",
-        f"  answered (at most rate x (delay + max wait) = {p['reports']:,.0f}).",
-        f"- Per pending lookup, its share of the reports included: **{p['growth'] / p['pending']:,.0f} B** "
-        f"(goal <= 200 B: {'met' if p['growth'] / p['pending'] <= 200 else 'missed'}).",
-        f"- RAM per 1k flows/s sustained: {p['rss'] / (f['rate'] / 1000) / 2**20:,.1f} MiB (whole process), "
-        f"{p['growth'] / (f['rate'] / 1000) / 2**20:,.1f} MiB of it for the window.",
-        f"- The job used {p['cpu_per_s']:.2f} CPU s per second answering {p['answered_per_s']:,.0f} flows/s: "
-        f"{p['answered_per_s'] / max(p['cpu_per_s'], 1e-9):,.0f} flows per CPU second at the defaults "
-        "(its metrics scraped every 5 s).", *where_it_goes(p)])
-
-
-def where_it_goes(p: dict[str, Any]) -> list[str]:
-    """The growth over the idle job split by what the job says it holds."""
-    if p.get("held_pending") is None:
-        return ["- The job's metrics did not answer: where the growth goes is not known from this run."]
-    sizes = p["held_bytes"]
-    pending = max(p["pending"], 1)
-    rows = [("lookups waiting", f"{p['held_pending']:,}", sizes.get("lookups", 0)),
-            ("connection reports", f"{p['held_reports']:,}", sizes.get("reports", 0)),
-            ("the exporters' clock differences (each shard's, of each exporter it hears of)", "", sizes.get("clocks", 0))]
-    rest = p["growth"] - sum(size for *_, size in rows)
-    lines = ["", "Where the growth over the idle job goes, by the job's own count over the same samples",
-             "(`flowattr_pending_lookups`, `flowattr_connection_reports`, `flowattr_held_bytes`: the packed bytes of",
-             "each kind, before Python's object headers and the allocator's slack):", "",
-             "| held | how many | MiB | B per pending lookup |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {count} | {size / 2**20:,.1f} | {size / pending:,.0f} |" for name, count, size in rows]
-    lines += [f"| the rest: object headers, dicts and heaps, the allocator's slack, the runtime's and the Kafka "
-              f"clients' buffers | | {rest / 2**20:,.1f} | {rest / pending:,.0f} |",
-              f"| RSS over the idle job | | {p['growth'] / 2**20:,.1f} | {p['growth'] / pending:,.0f} |", "",
-              f"- The packed lookups and reports alone: {(rows[0][2] + rows[1][2]) / pending:,.0f} B per pending lookup; "
-              "the clock differences grow with exporters x shards, not with the rate; the rest is what the",
-              "  objects holding all of them cost beyond their packed bytes, and all else the process allocated.", ""]
-    return lines
+        f"Between {m['low']['pending']:,.0f} and {m['high']['pending']:,.0f} lookups held, each pending lookup added "
+        f"**{slope['growth']:,.0f} B** of RSS, its share of the reports included (goal <= 200 B per pending flow: "
+        f"**{verdict}**); {fixed['growth'] / 2**20:,.1f} MiB of the growth does not grow with the rate. By kind, from the",
+        "job's own count over the same samples (`flowattr_held_bytes`: the packed bytes of each kind, before Python's",
+        "object headers and the allocator's slack):", "",
+        "| held | B per pending lookup (slope) | MiB whatever the rate (intercept) |", "|---|---:|---:|",
+        *[f"| {name} | {slope[kind]:,.0f} | {fixed[kind] / 2**20:,.1f} |" for name, kind in rows], "",
+        f"The clocks keep up to {PeerClocks.SAMPLES} differences per exporter and shard, each for the max wait: their packed",
+        f"bytes were {m['low']['held_bytes'].get('clocks', 0) / 2**20:,.1f} MiB at {m['low']['rate']:,} flows/s and "
+        f"{m['high']['held_bytes'].get('clocks', 0) / 2**20:,.1f} MiB at {m['high']['rate']:,} ({one['hosts']} exporters, 128 shards).",
+        ""])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=480, help="length of the paced stream")
-    parser.add_argument("--rate", type=int, default=4000, help="flows per second")
+    parser.add_argument("--rates", type=lambda text: tuple(int(r) for r in text.split(",")), default=RATES,
+                        help="flows per second of each run, comma-separated")
     args = parser.parse_args(argv)
     import tempfile
 
@@ -254,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="flowattr-bench-") as tmp, Broker() as broker:
-        figures = run(broker.bootstrap, Path(tmp), args.seconds, args.rate)
+        figures = run_rates(broker.bootstrap, Path(tmp), args.seconds, args.rates)
     draw(figures)
     save("sustained", figures, started)
     print(render({"figures": figures}))
