@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml setup.py
 
 core: $(CORE)
 
-$(CORE): $(STAMP) setup.py $(wildcard dataflow/*.py)
+$(CORE): $(STAMP) setup.py $(wildcard dataflow/*.py) $(wildcard dataflow/*.pxd)
 	$(BIN)/python setup.py -q build_ext --inplace -j 2
 	mkdir -p $(dir $@) && touch $@
 

@@ -1,6 +1,7 @@
-"""The job's per-record modules compiled to C extension modules (Cython, from the same Python source),
-built by `pip install` and by `make`; the source stays the reference that the property tests also run
-as plain Python (tests/unit/test_compiled_core.py)."""
+"""The job's per-record modules compiled to C extension modules (Cython, from the same Python source,
+with the C types its .pxd files declare beside each module), built by `pip install` and by `make`; the
+source stays the reference that the property tests also run as plain Python
+(tests/unit/test_compiled_core.py)."""
 
 from Cython.Build import cythonize
 from setuptools import setup

@@ -249,9 +249,7 @@ class Shard:
                     if spans is None:
                         spans = by_port[item.ports] = []
                         if len(by_port) > self.max_ranges:
-                            # The port range heard of longest ago goes: its newest claim ends first.
-                            del by_port[min(by_port, key=lambda ports: by_port[ports][-2] if by_port[ports] else ENDED)]
-                            self._count_eviction("port_ranges")
+                            self._evict_port_range(by_port)
                 if ownership.claim(spans, self._claimer(item.workload, item.exporter), item.start, item.end, self.max_ranges):
                     self._count_eviction("ranges")
             elif kind is Connection:
@@ -292,6 +290,11 @@ class Shard:
                 touched.add(ip)
         for ip in touched:
             self._retry(ip, decided)
+
+    def _evict_port_range(self, by_port: dict[Ports, list]) -> None:
+        """The port range heard of longest ago goes: its newest claim ends first."""
+        del by_port[min(by_port, key=lambda ports: by_port[ports][-2] if by_port[ports] else ENDED)]
+        self._count_eviction("port_ranges")
 
     def _hold_first_try(self, due: int, packed: bytes) -> None:
         point = -(-due // self.DUE_GRID_MS) * self.DUE_GRID_MS

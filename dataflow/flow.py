@@ -159,6 +159,23 @@ class StateCollector:
                 self._lock.release()
 
 
+def _resumed(snapshot: bytes) -> Shard:
+    """A shard from its recovery snapshot. The compiled shard's snapshot names its exact fields, so one
+    written by another version (or by the Python source instead of the compiled build) cannot be read:
+    say so, rather than run on with a shard half understood."""
+    try:
+        shard = pickle.loads(snapshot)
+    except Exception as e:  # noqa: BLE001 - whatever the unpickling met, the cause is the same
+        raise RuntimeError(f"{_UNREADABLE} ({type(e).__name__}: {e})") from e
+    if type(shard) is not Shard:
+        raise RuntimeError(f"{_UNREADABLE} (it holds a {type(shard).__name__})")
+    return shard
+
+
+_UNREADABLE = ("a shard's recovery snapshot was written by another version or build of flowattr and cannot be"
+               " read: start the job with an empty recovery.dir and backfill the gap with `flowattr replay`")
+
+
 class ShardLogic(StatefulBatchLogic):
     """Bytewax's hold on one Shard: feeds it work and progress, answers the rest at the end of a file
     input, snapshots it. It needs no timer: readers keep telling it how far they have read."""
@@ -168,7 +185,7 @@ class ShardLogic(StatefulBatchLogic):
         self.tally = tally
         self.keep = config.limits.dead_letter_bytes
         if resume is not None:
-            self.shard = pickle.loads(resume)
+            self.shard = _resumed(resume)
         else:
             self.shard = Shard(config.attribution, partitions, int(config.trust.clock_bound_s * 1000))
         self.finite = finite

@@ -360,7 +360,7 @@ class Router:
         if workload is not None and role != FORWARDED:
             spans = beats.get((local_ip, workload, flow.get("local_ports"), flow["exporter"])) if beats else None
             start, end = flow["start_ms"], flow["end_ms"]
-            if not (spans and any(s <= start and end <= e for s, e in spans)):
+            if not (spans and _held(spans, start, end)):
                 self._claim(flow, works, arrival, order, heartbeat=False)
             if remote_region is not None:
                 key = (local_ip, flow["local_port"], remote_ip, flow["remote_port"])
@@ -373,6 +373,11 @@ class Router:
             forwards.setdefault(remote_region, []).append(flow)
         else:
             self._work(works, remote_ip, arrival, order).items.append(Lookup(flow))
+
+
+def _held(spans: list[tuple[int, int]], start: int, end: int) -> bool:
+    """Whether one of a message's heartbeats of the same claim holds [start, end]."""
+    return any(s <= start and end <= e for s, e in spans)
 
 
 def _refuse_local(flow: dict[str, Any], reason: str) -> None:

@@ -14,9 +14,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dataflow"
 
 
 def pytest_configure(config):
-    # A compiled module shadows its source: tests of an edited source must not run its old build.
-    sources = {so: PACKAGE / f"{so.name.split('.')[0]}.py" for so in PACKAGE.glob("*.so")}
-    stale = [f"dataflow/{py.name}" for so, py in sources.items() if py.stat().st_mtime > so.stat().st_mtime]
+    # A compiled module shadows its source: tests of an edited source (or of its C declarations) must not
+    # run its old build.
+    stale = [f"dataflow/{source.name}" for so in PACKAGE.glob("*.so")
+             for source in (PACKAGE / f"{so.name.split('.')[0]}.py", PACKAGE / f"{so.name.split('.')[0]}.pxd")
+             if source.exists() and source.stat().st_mtime > so.stat().st_mtime]
     if stale and not PURE:
         pytest.exit(f"the source of {', '.join(sorted(stale))} changed since it was compiled: run `make core`", returncode=4)
 

@@ -1,5 +1,10 @@
 """The Bytewax hold on a shard, driven directly: a surprise while one message's work is applied
-dead-letters that work's flows with the exception, and the shard goes on with the next."""
+dead-letters that work's flows with the exception, and the shard goes on with the next; a shard resumes
+from its own snapshot and refuses, saying what to do, one it cannot read."""
+
+import pickle
+
+import pytest
 
 from dataflow.attribution import Lookup, Progress, Shard, ShardWork
 from dataflow.config import AttributionConfig, load_config
@@ -16,17 +21,25 @@ def flow(flow_id):
             "start_ms": NOW - 9000, "end_ms": NOW - 8000, "bytes_sent": 1, "bytes_received": 2, "local_workload": None}
 
 
+class Poisoned:
+    """A shard that fails on any work carrying the flow "poison"."""
+
+    def __init__(self, shard):
+        self.shard = shard
+
+    def absorb(self, item):
+        if any(i.flow["flow_id"] == "poison" for i in item.items):
+            raise ZeroDivisionError("division by zero")
+        return self.shard.absorb(item)
+
+    def __getattr__(self, name):
+        return getattr(self.shard, name)
+
+
 def test_a_failing_work_dead_letters_its_lookups_and_the_shard_goes_on(monkeypatch):
     tally = Tally()
     logic = ShardLogic(load_config(environ={}), None, frozenset({(RAW, 0)}), True, StateCollector(), tally)
-    real = logic.shard.absorb
-
-    def absorb(item):
-        if any(i.flow["flow_id"] == "poison" for i in item.items):
-            raise ZeroDivisionError("division by zero")
-        return real(item)
-
-    monkeypatch.setattr(logic.shard, "absorb", absorb)
+    monkeypatch.setattr(logic, "shard", Poisoned(logic.shard))
     works = [ShardWork(NOW, (2, 0, 1), [Lookup(flow("good-1"))]),
              ShardWork(NOW + 1, (2, 0, 2), [Lookup(flow("poison")), Lookup(flow("neighbour"))]),
              ShardWork(NOW + 2, (2, 0, 3), [Lookup(flow("good-2"))])]
@@ -47,3 +60,17 @@ def test_works_that_name_the_same_place_are_applied_in_the_order_they_came():
     shard.absorb(Progress({("raw", 0): NOW + 1}))
     assert shard.pending() == 3 and not shard.inbox
     assert [a["flow_id"] for a in shard.finish()] == ["same-place-0", "same-place-1", "same-place-2"]
+
+
+@pytest.mark.parametrize("snapshot", [b"not a snapshot", pickle.dumps({"now_ms": 0})])
+def test_a_snapshot_the_shard_cannot_read_stops_the_job_saying_what_to_do(snapshot):
+    with pytest.raises(RuntimeError, match="another version or build of flowattr .* empty recovery.dir"):
+        ShardLogic(load_config(environ={}), snapshot, frozenset({(RAW, 0)}), True, StateCollector(), Tally())
+
+
+def test_a_shard_resumes_from_its_own_snapshot():
+    config = load_config(environ={}, overrides={"recovery.dir": "/unused"})
+    logic = ShardLogic(config, None, frozenset({(RAW, 0)}), False, StateCollector(), Tally())
+    logic.on_batch([ShardWork(NOW, (2, 0, 1), [Lookup(flow("waits"))]), Progress({(RAW, 0): NOW + 1000})])
+    resumed = ShardLogic(config, logic.snapshot(), frozenset({(RAW, 0)}), False, StateCollector(), Tally())
+    assert resumed.shard.pending() == 1 and resumed.shard.stats() == logic.shard.stats()
