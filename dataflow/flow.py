@@ -8,13 +8,14 @@ configured by FLOWATTR_CONFIG and FLOWATTR_* variables.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import pickle
 import sys
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import bytewax.operators as op
 import orjson
@@ -135,19 +136,27 @@ def build(config: Config, tally: Tally, shutdown: Shutdown | None = None) -> Dat
 
 
 class StateCollector:
-    """Keeps Python's cycle collector off the shards' state.
+    """Keeps Python's cycle collector off the shards' state, and gives the memory the state frees back to
+    the system.
 
     The state is millions of small lists, tuples and dicts that never form cycles, and the collector
     would scan them all again and again: measured, it took more time than attribution itself. So it
     runs rarely, and what has survived a while is frozen out of its sight (freed by reference
-    counting as usual when dropped; only a cycle among frozen objects would outlive its use)."""
+    counting as usual when dropped; only a cycle among frozen objects would outlive its use).
+
+    Every second each shard frees the buffer of the lookups it has just decided. The C allocator keeps
+    freed pages in its heaps for reuse, and in a steady stream that slack grows with the rate: measured
+    in-process, about 30 bytes per pending lookup, all handed back by a trim every few seconds."""
 
     FREEZE_EVERY_S = 1.0  # a freeze is cheap: it moves the generations aside, visiting nothing
+    TRIM_EVERY_S = 10.0  # a trim walks the allocator's free lists: a few ms
 
     def __init__(self) -> None:
         gc.set_threshold(100_000, 50, 1000)
         self._lock = threading.Lock()
         self._next = time.monotonic() + self.FREEZE_EVERY_S
+        self._next_trim = time.monotonic() + self.TRIM_EVERY_S
+        self.trim = _allocator_trim()
 
     def tend(self) -> None:
         now = time.monotonic()
@@ -155,8 +164,22 @@ class StateCollector:
             try:
                 gc.freeze()
                 self._next = now + self.FREEZE_EVERY_S
+                if now >= self._next_trim:
+                    self.trim()
+                    self._next_trim = now + self.TRIM_EVERY_S
             finally:
                 self._lock.release()
+
+
+def _allocator_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0): free pages in every heap back to the system. A C library without it has
+    nothing to call."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
 
 
 def _resumed(snapshot: bytes) -> Shard:
