@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import Counter, defaultdict, deque
+from bisect import bisect_right
+from collections import Counter, defaultdict
 from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
@@ -194,23 +195,43 @@ def run_kafka(bootstrap, fleet, folder):
     return out[topics[0]], stamps
 
 
-def recorded(fleet, stamps):
-    """The fleet as the broker would hold it had it been produced in the place of the stamped run: each
-    message with the arrival stamp, partition and offset of the message sent in its place (the same
-    exporter's k-th batch), in the order a reader of all partitions meets them (ties by partition, then
-    offset). Over the stamped run's own fleet, exactly that run's recording."""
-    def restamp(messages, stamped):
-        places = defaultdict(deque)
+def recorded(fleet, stamps, produced=None):
+    """The fleet as the broker would hold it had it been sent in the place of `produced` (the fleet the
+    stamped run sent; this one by default): each message with the arrival stamp, partition and offset of
+    the message sent in its place (the same exporter's k-th batch), in the order a reader of all
+    partitions meets them (ties by partition, then offset). An exporter whose batches are not one for one
+    with the sent fleet's (a clock that moved them across interval edges) has each batch arrive right
+    after the message sent just before it. Over the stamped run's own fleet, exactly that recording."""
+    produced = produced or fleet
+
+    def restamp(messages, sent, stamped):
+        places = defaultdict(list)
         for ts, partition, offset, key, _ in sorted(stamped, key=lambda m: (m[1], m[2])):
             places[key or b""].append((ts, partition, offset))
-        assert Counter(m.key for m in messages) == {k: len(v) for k, v in places.items()}
-        placed = [(*places[m.key].popleft(), m) for m in sorted(messages, key=lambda m: m.arrival_ms)]
+        sent = sorted(sent, key=lambda m: m.arrival_ms)  # the order they were produced in
+        theirs, mine = Counter(m.key for m in sent), Counter(m.key for m in messages)
+        assert theirs == {k: len(v) for k, v in places.items()}
+        nth = Counter()
+        timeline = []  # (arrival in the fleet, place on the broker) of each message sent, in sending order
+        for m in sent:
+            timeline.append((m.arrival_ms, places[m.key][nth[m.key]]))
+            nth[m.key] += 1
+        sent_at = [at for at, _ in timeline]
+        nth.clear()
+        placed = []
+        for m in sorted(messages, key=lambda m: m.arrival_ms):
+            if mine[m.key] == theirs[m.key]:
+                place = places[m.key][nth[m.key]]
+                nth[m.key] += 1
+            else:
+                ts, partition, offset = timeline[max(bisect_right(sent_at, m.arrival_ms) - 1, 0)][1]
+                place = (ts, partition, offset + 0.5)
+            placed.append((*place, m))
         return [sim.Delivery(ts, m.key, m.value) for ts, _, _, m in sorted(placed, key=lambda p: p[:3])]
 
-    return replace(fleet, entitlement_messages=restamp(fleet.entitlement_messages, stamps["exporters"]),
-                   flow_messages=restamp(fleet.flow_messages, stamps["flows"]),
-                   ip_event_messages=restamp(fleet.ip_event_messages, stamps["ip_events"]),
-                   forwarded_messages=restamp(fleet.forwarded_messages, stamps["forwarded"]))
+    return replace(fleet, **{attr: restamp(getattr(fleet, attr), getattr(produced, attr), stamps[name]) for attr, name in (
+        ("entitlement_messages", "exporters"), ("flow_messages", "flows"), ("ip_event_messages", "ip_events"),
+        ("forwarded_messages", "forwarded"))})
 
 
 @pytest.mark.kafka
@@ -239,7 +260,7 @@ def test_on_kafka_a_liar_or_a_fast_clock_changes_no_one_elses_answer(name, kafka
     # counterpart arrived on the broker: no answer the lie or the clock could spoil changed. (Two runs on
     # the broker would differ in their arrival stamps, and with them in which decision-grid second a
     # lookup near a boundary falls.)
-    clean = recorded(sim.simulate(replace(BASE, start_ms=start_ms, **QUICK)), stamps)
+    clean = recorded(sim.simulate(replace(BASE, start_ms=start_ms, **QUICK)), stamps, produced=fleet)
     spared = [i for i in fleet.instances if i.host == fleet.fast_exporter]
     before = outcomes(a for a in run_files(clean, tmp_path / "clean", attribution=QUICK_SETTINGS)
                       if not involves(a, spared))
