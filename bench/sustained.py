@@ -16,6 +16,7 @@ import random
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ SAMPLE_S = 5.0
 RATES = (4000, 8000)
 
 
+# Each host's boot id, for flow_ids in the exporter's own form ("{exporter}:{boot id}:{socket cookie}").
+BOOT_IDS = [str(uuid.UUID(int=random.Random(h).getrandbits(128), version=4)) for h in range(HOSTS)]
+
+
 def host_ip(i: int) -> str:
     return f"10.0.{i // 250}.{i % 250 + 1}"
 
@@ -53,7 +58,8 @@ def second_of_traffic(rng: random.Random, now_ms: int, flows: int, serial: int) 
         port = 32768 + (serial + c) % 28000
         for me, peer, lport, rport, direction in ((a, b, port, 443, "outbound"), (b, a, 443, port, "inbound")):
             batches[me].append({
-                "v": 2, "kind": "flow", "flow_id": f"h{me}-{serial}-{c}-{direction[0]}", "exporter": f"h{me}",
+                "v": 2, "kind": "flow", "flow_id": f"h{me}:{BOOT_IDS[me]}:{2 * (serial + c) + (direction == 'inbound')}",
+                "exporter": f"h{me}",
                 "region": "us-east", "local_ip": host_ip(me), "local_port": lport, "remote_ip": host_ip(peer),
                 "remote_port": rport, "direction": direction, "start_ms": start, "end_ms": end,
                 "bytes_sent": rng.randrange(100_000), "bytes_received": rng.randrange(100_000),

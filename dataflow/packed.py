@@ -12,15 +12,16 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-# What the decision reads: size, start on the corrected clock, deadline, settle, the asking exporter (as
-# a name number) and flags; then the connection key (remote ip, remote port, local ip, local port: the
+# What the decision reads: size, start on the corrected clock, deadline, settle (less the deadline: the
+# configuration keeps the two within a week of each other), the asking exporter (as a name number) and
+# flags; then the connection key (remote ip, remote port, local ip, local port: the
 # key the other end's report is kept under); then, when it carries them (CARRIES), the other end's
 # reports that had come before the lookup (a count, then start, workload and exporter of each); then the
 # rest of the record.
-HEAD = struct.Struct("<HqqqIB")
+HEAD = struct.Struct("<HqqiIB")
 # The rest of a contract flow: start_ms (less the corrected start: the exporter's offset), its length,
-# bytes_sent, bytes_received, region and local_workload (name numbers) and version; then the flow_id,
-# and as JSON whatever else the flow carried. A record whose figures do not fit (a connection open for
+# bytes_sent, bytes_received, region and local_workload (name numbers) and version; then the flow_id
+# (see _packed_id), and as JSON whatever else the flow carried. A record whose figures do not fit (a connection open for
 # 49 days, or of 4 GiB) or outside the contract's shapes (the shard is handed only checked flows, but a
 # shard owes nobody a crash) is kept whole, as JSON.
 FIELDS = struct.Struct("<iIIIIIB")
@@ -35,6 +36,11 @@ PACKED = frozenset(
      "direction", "start_ms", "end_ms", "bytes_sent", "bytes_received", "local_workload")
 )
 _PORT = struct.Struct(">H")
+# A flow_id in the exporter's own form, "{exporter}:{boot id}:{socket cookie}" (or "{exporter}:{number}"),
+# is packed as a form byte, the boot id's 16 bytes and the number: 21 bytes or fewer where its text takes
+# some 55. Any other flow_id is its length (under ID_FORM) and its UTF-8 bytes.
+ID_FORM, ID_BOOT, ID_WIDE = 0xF0, 1, 2
+_ID_NUMBER = (struct.Struct("<I"), struct.Struct("<Q"))
 _ID_BITS = 24  # name numbers in a report: far more exporters and workloads than a fleet has
 _ID_MASK = (1 << _ID_BITS) - 1
 _PERIOD_BITS = 16
@@ -94,25 +100,58 @@ def pack_lookup(flow: dict[str, Any], key: bytes, start: int, deadline: int, set
     size = HEAD.size + len(key) + len(body)
     if size > 0xFFFF:
         raise ValueError("a lookup of more than 64 KiB")
-    return HEAD.pack(size, start, deadline, settle, names.number(flow["exporter"]), flags) + key + body
+    return HEAD.pack(size, start, deadline, settle - deadline, names.number(flow["exporter"]), flags) + key + body
 
 
 def _fields(flow: dict[str, Any], start: int, names: Names) -> bytes:
     if flow["kind"] != "flow" or flow["direction"] not in ("inbound", "outbound"):
         raise ValueError("not a contract flow")
-    flow_id = flow["flow_id"].encode()
-    if len(flow_id) > 255:
-        raise ValueError("a flow_id longer than a length byte")
-    tail = flow_id
+    tail = _packed_id(flow["flow_id"], flow["exporter"])
     if len(flow) != len(PACKED) or not PACKED.issuperset(flow):
         extras = {k: v for k, v in flow.items() if k not in PACKED}
         if extras:
-            tail = flow_id + orjson.dumps(extras)
+            tail += orjson.dumps(extras)
     head = FIELDS.pack(
         flow["start_ms"] - start, flow["end_ms"] - flow["start_ms"], flow["bytes_sent"], flow["bytes_received"],
         names.number(flow["region"]), names.number(flow["local_workload"]), flow["v"],
     )
-    return head + bytes((len(flow_id),)) + tail
+    return head + tail
+
+
+def _packed_id(flow_id: str, exporter: str) -> bytes:
+    """Each part of the exporter's form is packed only if it reads back as the same text."""
+    cut = len(exporter)
+    if flow_id.startswith(exporter) and flow_id[cut : cut + 1] == ":":
+        boot, colon, number = flow_id[cut + 1 :].rpartition(":")
+        n = int(number) if number.isascii() and number.isdigit() else -1
+        if 0 <= n < 1 << 64 and str(n) == number:
+            wide = n >= 1 << 32
+            form = ID_FORM | (ID_WIDE if wide else 0)
+            if not colon:
+                return bytes((form,)) + _ID_NUMBER[wide].pack(n)
+            boot_bytes = _boot_bytes(boot)
+            if boot_bytes is not None:
+                return bytes((form | ID_BOOT,)) + boot_bytes + _ID_NUMBER[wide].pack(n)
+    text = flow_id.encode()
+    if len(text) >= ID_FORM:
+        raise ValueError("a flow_id longer than a length byte")
+    return bytes((len(text),)) + text
+
+
+def _boot_bytes(boot: str) -> bytes | None:
+    """A boot id as the kernel writes it (a UUID: lower-case hex in groups of 8-4-4-4-12) as 16 bytes."""
+    if len(boot) != 36:
+        return None
+    try:
+        packed = bytes.fromhex(boot.replace("-", ""))
+    except ValueError:
+        return None
+    return packed if len(packed) == 16 and _boot_text(packed) == boot else None
+
+
+def _boot_text(packed: bytes) -> str:
+    h = packed.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class PackedLookup:
@@ -124,7 +163,7 @@ class PackedLookup:
     def __init__(self, data: bytes | bytearray, at: int, names: Names):
         self.data, self.at = data, at
         size, start, deadline, settle, exporter, flags = HEAD.unpack_from(data, at)
-        self.size, self.start, self.deadline, self.settle, self.flags = size, start, deadline, settle, flags
+        self.size, self.start, self.deadline, self.settle, self.flags = size, start, deadline, deadline + settle, flags
         self.exporter = names.names[exporter]
         width = 16 if flags & V6 else 4
         key_at = at + HEAD.size
@@ -156,10 +195,9 @@ class PackedLookup:
         offset, length, sent, received, region, workload, v = FIELDS.unpack_from(data, at)
         start_ms = self.start + offset
         width = 16 if self.flags & V6 else 4
-        id_at = at + FIELDS.size
-        id_end = id_at + 1 + data[id_at]
+        flow_id, id_end = _read_id(data, at + FIELDS.size, self.exporter)
         flow = {
-            "v": v, "kind": "flow", "flow_id": bytes(data[id_at + 1 : id_end]).decode(),
+            "v": v, "kind": "flow", "flow_id": flow_id,
             "exporter": self.exporter, "region": names.name(region),
             "local_ip": inet_ntop(AF_INET6 if self.flags & LOCAL_V6 else AF_INET, self.key[width + 2 : -2]),
             "local_port": _PORT.unpack_from(self.key, len(self.key) - 2)[0],
@@ -171,6 +209,20 @@ class PackedLookup:
         if id_end < end:
             flow.update(orjson.loads(bytes(data[id_end:end])))
         return flow
+
+
+def _read_id(data: bytes | bytearray, at: int, exporter: str) -> tuple[str, int]:
+    """The flow_id packed at `at`, and where what follows it starts."""
+    form = data[at]
+    if form < ID_FORM:
+        return bytes(data[at + 1 : at + 1 + form]).decode(), at + 1 + form
+    number = _ID_NUMBER[bool(form & ID_WIDE)]
+    at += 1
+    if form & ID_BOOT:
+        boot = _boot_text(bytes(data[at : at + 16]))
+        at += 16
+        return f"{exporter}:{boot}:{number.unpack_from(data, at)[0]}", at + number.size
+    return f"{exporter}:{number.unpack_from(data, at)[0]}", at + number.size
 
 
 def with_flags(raw: bytes, flags: int) -> bytes:

@@ -6,7 +6,9 @@ seed and a start time."""
 
 from __future__ import annotations
 
+import hashlib
 import random
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -258,11 +260,11 @@ def simulate(s: Scenario) -> Fleet:
                     received = 0  # nobody answers: the connect attempt gives up
                 else:
                     stop = min(stop, server.dies_ms - 1)
-            fid = f"{client.host}:{seq}"
+            fid = _flow_id(client.host, 2 * seq)
             report(client, _flow(fid, client, client_port, server_ip, server_port, "outbound", start, stop, sent, received))
             fleet.truth[fid] = owners.workload(server_ip, server_port, start)
             if server is not None:
-                sid = f"{server.host}:{seq}s"
+                sid = _flow_id(server.host, 2 * seq + 1)
                 report(server, _flow(sid, server, server_port, client.ip, client_port, "inbound", start, stop, received, sent))
                 fleet.truth[sid] = client.workload
                 connections.append(Connection(client, client_port, server, start, stop))
@@ -368,6 +370,13 @@ def _family(ip: str) -> int:
 
 def _region(host: str) -> str:
     return AWAY if host.startswith(AWAY) else HOME
+
+
+def _flow_id(host: str, cookie: int) -> str:
+    """A flow_id in the exporter's form, "{exporter}:{boot id}:{socket cookie}", with one boot id per host
+    (derived from its name, so that the fleet's random draws stay as they were)."""
+    boot = uuid.UUID(bytes=hashlib.blake2b(host.encode(), digest_size=16).digest(), version=4)
+    return f"{host}:{boot}:{cookie}"
 
 
 def _flow(fid, inst, local_port, remote_ip, remote_port, direction, start, stop, sent, received, local_ip=None,

@@ -36,13 +36,20 @@ def contract_flow(**changes):
 ipv4 = st.builds(lambda a, b: f"10.{a}.{b}.7", st.integers(0, 255), st.integers(0, 255))
 ipv6 = st.builds(lambda a: f"fd00::{a:x}", st.integers(1, 0xFFFF))
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=30)
+# flow_ids in the exporter's own form "h1:{boot id}:{cookie}", and near misses that must be kept as text.
+boot_ids = st.uuids().map(str) | st.uuids().map(lambda u: str(u).upper()) | st.uuids().map(lambda u: u.hex) \
+    | st.uuids().map(lambda u: str(u)[:-1] + " ") | st.uuids().map(lambda u: " " + str(u)[1:])
+numbers = st.integers(0, 2**32 + 5).map(str) | st.integers(2**64 - 3, 2**64 + 3).map(str) \
+    | st.sampled_from(["00", "07", "-1", "+5", "1_0", "٣", "", "5 "])
+flow_ids = st.text(min_size=1, max_size=60) | st.builds(lambda b, n: f"h1:{b}:{n}", boot_ids, numbers) \
+    | st.builds(lambda n: f"h1:{n}", numbers) | st.builds(lambda p, n: f"{p}:{n}", st.sampled_from(["h", "h11", "h1:"]), numbers)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     family=st.sampled_from([ipv4, ipv6]).flatmap(lambda f: st.tuples(f, f)),
     ports=st.tuples(st.integers(0, 65535), st.integers(0, 65535)),
-    flow_id=st.text(min_size=1, max_size=60),
+    flow_id=flow_ids,
     direction=st.sampled_from(["inbound", "outbound"]),
     workload=st.none() | names,
     extras=st.dictionaries(st.sampled_from(["pid", "comm", "open", "local_ports", "claimed_local_workload",
@@ -83,6 +90,28 @@ def test_lookups_one_after_another_in_one_buffer_and_their_marks():
         [(f["start_ms"] + j, j, i) for j in range(i)] for i, f in enumerate(flows)]
     marked = PackedLookup(with_flags(read[2].raw, read[2].flags | SAMPLED), 0, table)
     assert marked.flags & SAMPLED and marked.flow(table) == flows[2]
+
+
+def test_a_flow_id_in_the_exporters_form_is_packed_as_its_boot_id_and_number():
+    """The exporter's own flow_ids take 21 bytes or fewer instead of their text; the same id with any part
+    out of its exact form keeps its text, and both read back as they went in."""
+    table = Names()
+    boot = "0f3c2a9e-1b7d-4c55-9a0e-6d2f8b1c4e70"
+    sizes = {}
+    for flow_id in (f"h1:{boot}:123456", f"h1:{boot}:{2**64 - 1}", "h1:987", f"h1:{boot.upper()}:123456",
+                    f"h1:{boot}:0123456", f"h2:{boot}:123456"):
+        flow = contract_flow(flow_id=flow_id)
+        key = connection_key(flow["remote_ip"], flow["remote_port"], flow["local_ip"], flow["local_port"])
+        data = pack_lookup(flow, key, flow["start_ms"], 2, 3, False, (), table)
+        [p] = lookups(data, table)
+        assert p.flow(table) == flow and not p.flags & WHOLE
+        sizes[flow_id] = len(data)
+    as_text = sizes[f"h2:{boot}:123456"]
+    rest = as_text - 1 - len(f"h2:{boot}:123456")  # the lookup without its flow_id
+    assert sizes[f"h1:{boot}:123456"] == rest + 1 + 16 + 4
+    assert sizes[f"h1:{boot}:{2**64 - 1}"] == rest + 1 + 16 + 8
+    assert sizes["h1:987"] == rest + 1 + 4
+    assert sizes[f"h1:{boot.upper()}:123456"] == sizes[f"h1:{boot}:0123456"] - 1 == as_text
 
 
 def test_a_record_outside_the_contract_shape_is_kept_whole():

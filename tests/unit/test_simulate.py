@@ -23,9 +23,10 @@ def flows(fleet):
 
 
 def halves(by_id):
-    """(client's report, server's report) of every connection both ends reported."""
-    servers = {fid.split(":")[1][:-1]: r for fid, r in by_id.items() if fid.endswith("s") and ":" in fid}
-    return [(r, servers[fid.split(":")[1]]) for fid, r in by_id.items() if fid.split(":")[1] in servers]
+    """(client's report, server's report) of every connection both ends reported: a connection's two
+    flow_ids end in the cookies 2n (client) and 2n + 1 (server)."""
+    cookies = {int(fid.rpartition(":")[2]): r for fid, r in by_id.items() if fid.rpartition(":")[2].isdigit()}
+    return [(r, cookies[c + 1]) for c, r in cookies.items() if c % 2 == 0 and c + 1 in cookies]
 
 
 def owner(fleet, ip, port, t):
