@@ -128,14 +128,15 @@ def test_errors_are_one_line(kafka_bootstrap):
 
 def connections(fleet, answers):
     """Per edge (caller, callee), the connections and their bytes, from the flow ids: a connection's two
-    reports are `host:N` and `host:Ns`. deps does not know this; it must find the same."""
+    reports end in the cookies 2n and 2n + 1. deps does not know this; it must find the same."""
     edges: dict[tuple[str, str], dict[str, int]] = {}
     for a in answers:
         if a["outcome"] != "attributed" or a["local_workload"] is None:
             continue
         outbound = a["direction"] == "outbound"
         edge = (a["local_workload"], a["remote_workload"]) if outbound else (a["remote_workload"], a["local_workload"])
-        seq = a["flow_id"].split(":")[1].rstrip("s")
+        cookie = a["flow_id"].rpartition(":")[2]
+        seq = int(cookie) // 2 if cookie.isdigit() else cookie
         edges.setdefault(edge, {})[seq] = a["bytes_sent"] + a["bytes_received"]
     return {edge: (len(by_seq), sum(by_seq.values())) for edge, by_seq in edges.items()}
 
