@@ -151,6 +151,8 @@ def held(port: int) -> dict[str, Any]:
                 got["pending"] = int(sample.value)
             elif sample.name == "flowattr_connection_reports":
                 got["reports"] = int(sample.value)
+            elif sample.name == "flowattr_buffered_evidence":
+                got["buffered"] = int(sample.value)
             elif sample.name == "flowattr_held_bytes":
                 got["held_bytes"][sample.labels["kind"]] = int(sample.value)
     return got
@@ -180,6 +182,7 @@ def plateau(figures: dict[str, Any]) -> dict[str, float] | None:
             # The job's own count over the same samples (medians), when its metrics answered.
             "held_pending": held_pending,
             "held_reports": _median([s.get("reports", 0) for s in counted]),
+            "buffered": _median([s["buffered"] for s in counted if "buffered" in s]),
             "held_bytes": {kind: _median([s["held_bytes"].get(kind, 0) for s in counted]) for kind in kinds}}
 
 
@@ -204,6 +207,10 @@ def marginal(figures: dict[str, Any]) -> dict[str, Any] | None:
     slope = {kind: (b[kind] - a[kind]) / span for kind in a}
     return {"per_pending": slope, "fixed": {kind: a[kind] - slope[kind] * low["pending"] for kind in a},
             "low": {**low, "rate": slow["rate"]}, "high": {**high, "rate": fast["rate"]}}
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
 
 
 def _median(values: list[int]) -> int | None:
@@ -248,28 +255,31 @@ def render(record: dict[str, Any]) -> str:
             f"topics and in a fresh job process; its RSS is sampled every {SAMPLE_S:g} s and its metrics scraped with it.", "",
             f"![RSS over time]({PICTURE.relative_to(REPO / 'docs')})", "",
             "| flows/s | RSS once the window was full | over the idle job | drift over the last minute | lookups held "
-            "| reports held | growth per lookup held | CPU s a second | flows per CPU second |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| reports held | works waiting for the clock | growth per lookup held | CPU s a second | flows per CPU second |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run in runs:
         p = plateau(run) if run.get("samples") else None
         if p is None:
-            head.append(f"| {run['rate']:,} | {run.get('error') or 'too short to fill the window'} | | | | | | | |")
+            head.append(f"| {run['rate']:,} | {run.get('error') or 'too short to fill the window'} | | | | | | | | |")
             continue
         flat = "flat" if abs(p["drift_per_min"]) <= 0.02 * p["rss"] else "**not flat**"
         head.append(f"| {run['rate']:,} | {p['rss'] / 2**20:,.0f} MiB | {p['growth'] / 2**20:,.0f} MiB "
                     f"| {p['drift_per_min'] / 2**20:+.1f} MiB a minute ({flat}) | {p['pending']:,.0f} "
-                    f"| {p['held_reports'] or 0:,} | {p['growth'] / p['pending']:,.0f} B | {p['cpu_per_s']:.2f} "
+                    f"| {p['held_reports'] or 0:,} | {_count(p.get('buffered'))} | {p['growth'] / p['pending']:,.0f} B "
+                    f"| {p['cpu_per_s']:.2f} "
                     f"| {p['answered_per_s'] / max(p['cpu_per_s'], 1e-9):,.0f} |")
     head += ["", "*Lookups held* are those waiting for their first try (about rate x delay); *reports held* the "
-             "connection reports kept for the other end's lookup. *Drift* within 2% of RSS a minute is flat.", ""]
+             "connection reports kept for the other end's lookup; *works waiting for the clock* the decoded input, one "
+             "work per message and shard, that the arrival clock has not reached yet (`flowattr_buffered_evidence`). "
+             "*Drift* within 2% of RSS a minute is flat.", ""]
     m = marginal(f)
     if m is None:
         return "\n".join(head + ["Fewer than two rates filled their window: the growth is not split.", ""])
     slope, fixed = m["per_pending"], m["fixed"]
     rows = [("packed lookups", "lookups"), ("packed connection reports", "reports"),
             ("packed clock differences (each shard's, of each exporter it hears of)", "clocks"),
-            ("the rest: object headers, dicts and heaps, the allocator's slack, the runtime's and the Kafka "
-             "clients' buffers", "rest"), ("**RSS over the idle job**", "growth")]
+            ("the rest: object headers, dicts and heaps, the allocator's slack, the decoded works waiting for the "
+             "clock, the runtime's and the Kafka clients' buffers", "rest"), ("**RSS over the idle job**", "growth")]
     verdict = "met" if slope["growth"] <= 200 else "missed"
     return "\n".join(head + [
         f"Between {m['low']['pending']:,.0f} and {m['high']['pending']:,.0f} lookups held, each pending lookup added "
