@@ -33,8 +33,7 @@ STAGES = (
     ("decide due lookups", "dataflow/attribution.py", "_decide_due", 0),
     ("compare the two ends' clocks", "dataflow/attribution.py", "_sample_clocks", 1),
     ("rebuild answered records", "dataflow/attribution.py", "_record", 1),
-    ("encode answers as they are decided, count their outcomes", "dataflow/flow.py", "_encoded_answers", 0),
-    ("group encoded answers into output messages", "dataflow/flow.py", "_messages", 0),
+    ("encode answers into output messages", "dataflow/flow.py", "_messages", 0),
     ("write answers to files", "dataflow/file_io.py", "write_batch", 0),
 )
 

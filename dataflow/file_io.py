@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -127,20 +128,20 @@ class LinesWriter(StatelessSinkPartition[Any]):
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "ab")
+        self._lines = msgspec.json.Encoder()
 
-    def write_batch(self, batches: list[list[bytes]]) -> None:
-        """Lists of encoded records, one a line; one write for the whole batch."""
-        lines = [line for lines in batches for line in lines]
-        if lines:
-            self._file.write(b"\n".join(lines) + b"\n")
-            self._file.flush()
+    def write_batch(self, batches: list[list[dict[str, Any]]]) -> None:
+        # One call for the whole batch: a call per record cost more than encoding the record itself
+        # (orjson), for the same bytes.
+        self._file.write(self._lines.encode_lines([r for records in batches for r in records]))
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()
 
 
 class OutputFiles(DynamicSink[Any]):
-    """Lists of encoded records to `<folder>/<stem>-<worker>.ndjson`, one record a line."""
+    """Lists of records to `<folder>/<stem>-<worker>.ndjson`, one record a line."""
 
     def __init__(self, folder: str | Path, stem: str):
         self.folder = Path(folder)

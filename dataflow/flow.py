@@ -87,9 +87,10 @@ def build(config: Config, tally: Tally, shutdown: Shutdown | None = None) -> Dat
     decided_flows = op.map("decided_flows", decided.trues, lambda key_flows: key_flows[1])
     shard_dead = op.map("shard_dead_letters", decided.falses, lambda key_letter: key_letter[1].to_record())
     answered_at_once = op.filter_map(
-        "answered_at_once", others, lambda item: _answered_at_once(item[1], tally) if item[0] == "answered" else None
+        "answered_at_once", others, lambda item: item[1] if item[0] == "answered" else None
     )
     answers = op.merge("answers", decided_flows, answered_at_once)
+    answers = op.map("count_outcomes", answers, lambda flows: _count_outcomes(flows, tally))
     forwards = op.filter_map("forwards", others, lambda item: item[1] if item[0] == "forward" else None)
     dead = op.filter_map("dead_letters", others, lambda item: item[1].to_record() if item[0] == "dead" else None)
     dead = op.merge("all_dead_letters", dead, shard_dead)
@@ -99,12 +100,11 @@ def build(config: Config, tally: Tally, shutdown: Shutdown | None = None) -> Dat
         op.output("write_attributed", answers, file_io.OutputFiles(out, "attributed"))
         for region in sorted(set(config.regions) - {config.region}):
             to_region = op.filter_map(
-                f"forward_to_{region}", forwards, lambda f, r=region: _encoded(f.flows) if f.region == r else None
+                f"forward_to_{region}", forwards, lambda f, r=region: f.flows if f.region == r else None
             )
             op.output(f"write_forward_{region}", to_region, file_io.OutputFiles(out, f"forward.{region}"))
         op.output(
-            "write_dead_letters", op.map("dead_letter_lists", dead, lambda r: [orjson.dumps(r)]),
-            file_io.OutputFiles(out, "dlq"),
+            "write_dead_letters", op.map("dead_letter_lists", dead, lambda r: [r]), file_io.OutputFiles(out, "dlq")
         )
     else:
         k = config.kafka
@@ -122,7 +122,7 @@ def build(config: Config, tally: Tally, shutdown: Shutdown | None = None) -> Dat
             op.flat_map(
                 "encode_forwards",
                 forwards,
-                lambda f: _messages(_encoded(f.flows), config.forward_topic(f.region), forwards_max, config, tally),
+                lambda f: _messages(f.flows, config.forward_topic(f.region), forwards_max, config, tally),
             ),
             kafka_io.sink(config, None, min(forwards_max, dead_max)),
         )
@@ -216,17 +216,12 @@ class ShardLogic(StatefulBatchLogic):
 
     def on_batch(self, items: list) -> tuple[list, bool]:
         decided, dead = [], []
-        outcomes: Counter[str] = Counter()
         late = self.shard.late
         for item in items:
             try:
-                flows = self.shard.absorb(item)
+                decided.extend(self.shard.absorb(item))
             except Exception as e:  # noqa: BLE001 - a surprise in one message's work must not stop the job
                 dead.extend(self._dead_letters(item, e))
-                continue
-            decided += _encoded_answers(flows, outcomes)
-        if outcomes:
-            self.tally.add(outcomes)
         if self.shard.late > late:
             # Evidence read after the clock had passed its arrival: a replay may answer differently.
             self.tally.add({"late": self.shard.late - late})
@@ -248,9 +243,7 @@ class ShardLogic(StatefulBatchLogic):
     def on_eof(self) -> tuple[list, bool]:
         if not self.finite:
             return [], StatefulBatchLogic.RETAIN
-        outcomes: Counter[str] = Counter()
-        decided = _encoded_answers(self.shard.finish(), outcomes)
-        self.tally.add(outcomes)
+        decided = self.shard.finish()
         return ([decided] if decided else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:
@@ -261,40 +254,24 @@ class ShardLogic(StatefulBatchLogic):
         return pickle.dumps(self.shard, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _encoded_answers(flows: list[dict[str, Any]], counts: Counter[str]) -> list[bytes]:
-    """Answers encoded as soon as they are decided, each counted by its outcome: a shard decides a whole
-    second of lookups at once, and as records those answers would all stay alive until the output took
-    them."""
-    dumps = orjson.dumps
-    out = []
+def _count_outcomes(flows: list[dict[str, Any]], tally: Tally) -> list[dict[str, Any]]:
+    counts: Counter[str] = Counter()
     for f in flows:
         counts[f"out.{f['outcome']}" if f["reason"] is None else f"out.unattributed.{f['reason']}"] += 1
-        out.append(dumps(f))
-    return out
-
-
-def _answered_at_once(flows: list[dict[str, Any]], tally: Tally) -> list[bytes]:
-    counts: Counter[str] = Counter()
-    encoded = _encoded_answers(flows, counts)
     tally.add(counts)
-    return encoded
+    return flows
 
 
-def _encoded(records: list[dict[str, Any]]) -> list[bytes]:
-    return list(map(orjson.dumps, records))
-
-
-def _messages(records: list[bytes], topic: str | None, max_bytes: int, config: Config, tally: Tally):
-    """Output messages (of encoded records) that the producer and the broker will take; an answer too
-    large for any message goes to the dead letters in its place, as much of it as a dead letter keeps."""
+def _messages(records: list[dict[str, Any]], topic: str | None, max_bytes: int, config: Config, tally: Tally):
+    """Output messages that the producer and the broker will take; an answer too large for any
+    message goes to the dead letters in its place, as much of it as a dead letter keeps."""
     values, oversize = encode_batches(records, max_bytes, RECORDS_PER_MESSAGE)
     messages = [kafka_io.sink_message(v, topic) for v in values]
     if oversize:
         tally.add({"dead.answer_too_large": len(oversize)})
-    for value in oversize:
+    for record, value in oversize:
         where = Origin(topic or config.kafka.attributed_topic, -1, -1, "output")
-        flow_id = orjson.loads(value).get("flow_id")
-        detail = f"the answer for flow {flow_id!r} is {len(value)} bytes, over the {max_bytes} a message takes"
+        detail = f"the answer for flow {record.get('flow_id')!r} is {len(value)} bytes, over the {max_bytes} a message takes"
         letter = DeadLetter.of("answer_too_large", detail, value, where, config.limits.dead_letter_bytes)
         messages.append(kafka_io.sink_message(orjson.dumps(letter.to_record()), config.kafka.dlq_topic))
     return messages

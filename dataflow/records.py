@@ -510,30 +510,32 @@ def encode_batch(records: list[dict[str, Any]]) -> bytes:
     return orjson.dumps(records)
 
 
-def encode_batches(parts: list[bytes], max_bytes: int, max_records: int) -> tuple[list[bytes], list[bytes]]:
-    """Encoded records (one JSON value each) as message values, JSON arrays of at most max_bytes and
-    max_records each, in order; a record too large for a message of its own comes back apart, for a
-    dead letter."""
+def encode_batches(
+    records: list[dict[str, Any]], max_bytes: int, max_records: int
+) -> tuple[list[bytes], list[tuple[dict[str, Any], bytes]]]:
+    """The records as message values of at most max_bytes and max_records each, in order; a record
+    too large for a message of its own comes back apart, encoded, for a dead letter."""
     values, oversize = [], []
-    for i in range(0, len(parts), max_records):
-        chunk = parts[i : i + max_records]
-        # "[" + the parts + a comma between each + "]"
-        if sum(map(len, chunk)) + len(chunk) + 1 <= max_bytes:
-            values.append(b"[" + b",".join(chunk) + b"]")
+    for i in range(0, len(records), max_records):
+        chunk = records[i : i + max_records]
+        value = orjson.dumps(chunk)
+        if len(value) <= max_bytes:
+            values.append(value)
             continue
-        kept: list[bytes] = []
+        parts: list[bytes] = []
         size = 2
-        for part in chunk:
+        for record in chunk:
+            part = orjson.dumps(record)
             if len(part) + 2 > max_bytes:
-                oversize.append(part)
+                oversize.append((record, part))
                 continue
-            if kept and size + len(part) + 1 > max_bytes:
-                values.append(b"[" + b",".join(kept) + b"]")
-                kept, size = [], 2
-            kept.append(part)
+            if parts and size + len(part) + 1 > max_bytes:
+                values.append(b"[" + b",".join(parts) + b"]")
+                parts, size = [], 2
+            parts.append(part)
             size += len(part) + 1
-        if kept:
-            values.append(b"[" + b",".join(kept) + b"]")
+        if parts:
+            values.append(b"[" + b",".join(parts) + b"]")
     return values, oversize
 
 
