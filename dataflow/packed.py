@@ -21,8 +21,8 @@ import orjson
 HEAD = struct.Struct("<HqqiIB")
 # The rest of a contract flow: start_ms (less the corrected start: the exporter's offset), its length,
 # bytes_sent, bytes_received, region and local_workload (name numbers) and version; then the flow_id
-# (see _packed_id), and as JSON whatever else the flow carried. A record whose figures do not fit (a connection open for
-# 49 days, or of 4 GiB) or outside the contract's shapes (the shard is handed only checked flows, but a
+# (see _packed_id), and as JSON whatever else the flow carried. A record whose figures do not fit (a
+# connection open for 49 days, or of 4 GiB) or outside the contract's shapes (the shard is handed only checked flows, but a
 # shard owes nobody a crash) is kept whole, as JSON.
 FIELDS = struct.Struct("<iIIIIIB")
 INBOUND, V6, UNNAMED, SAMPLED, WHOLE, LOCAL_V6, CARRIES = 1, 2, 4, 8, 16, 32, 64  # V6: the remote address
