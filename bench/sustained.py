@@ -269,8 +269,8 @@ def render(record: dict[str, Any]) -> str:
                     f"| {p['cpu_per_s']:.2f} "
                     f"| {p['answered_per_s'] / max(p['cpu_per_s'], 1e-9):,.0f} |")
     head += ["", "*Lookups held* are those waiting for their first try (about rate x delay); *reports held* the "
-             "connection reports kept for the other end's lookup; *works waiting for the clock* the decoded input, one "
-             "work per message and shard, that the arrival clock has not reached yet (`flowattr_buffered_evidence`). "
+             "connection reports kept for the other end's lookup; *works waiting for the clock* the input, one "
+             "work per message and shard (its lookups packed), that the arrival clock has not reached yet (`flowattr_buffered_evidence`). "
              "*Drift* within 2% of RSS a minute is flat.", ""]
     m = marginal(f)
     if m is None:
@@ -278,7 +278,7 @@ def render(record: dict[str, Any]) -> str:
     slope, fixed = m["per_pending"], m["fixed"]
     rows = [("packed lookups", "lookups"), ("packed connection reports", "reports"),
             ("packed clock differences (each shard's, of each exporter it hears of)", "clocks"),
-            ("the rest: object headers, dicts and heaps, the allocator's slack, the decoded works waiting for the "
+            ("the rest: object headers, dicts and heaps, the allocator's slack, the works waiting for the "
              "clock, the runtime's and the Kafka clients' buffers", "rest"), ("**RSS over the idle job**", "growth")]
     verdict = "met" if slope["growth"] <= 200 else "missed"
     return "\n".join(head + [

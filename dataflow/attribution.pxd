@@ -36,6 +36,8 @@ cdef class Shard:
 
     cpdef list absorb(self, object item)
     cpdef _advance_to(self, object now, list decided)
+    cpdef _packed(self, object work)
+    @cython.locals(p=PackedLookup)
     cpdef _apply(self, object work, list decided)
     cpdef _hold_first_try(self, object due, object packed)
     cpdef _hold_until_deadline(self, PackedLookup p)

@@ -26,6 +26,7 @@ from dataflow.packed import (
     read_report,
     report,
     reporter,
+    timed_lookup,
     with_flags,
 )
 from dataflow.records import (
@@ -182,16 +183,25 @@ class Shard:
         decided: list[Flow] = []
         if type(item) is Progress:
             self.clock.observe(item.reached)
-        elif item.arrival_ms <= self.now_ms:
-            self.late += 1
-            self._apply(item, decided)
         else:
-            self.received += 1
-            heapq.heappush(self.inbox, (item.arrival_ms, item.order, self.received, item))
+            work = self._packed(item)
+            if work.arrival_ms <= self.now_ms:
+                self.late += 1
+                self._apply(work, decided)
+            else:
+                self.received += 1
+                heapq.heappush(self.inbox, (work.arrival_ms, work.order, self.received, work))
         now = self.clock.now()
         if now is not None and self.now_ms < now < ENDED:  # every input ended: finish() answers the rest
             self._advance_to(now, decided)
         return decided
+
+    def _packed(self, work: ShardWork) -> ShardWork:
+        """The work with its lookups packed: input waits for the clock for a second or more, and a
+        decoded record costs ten times its packed bytes. The work as it came is left as it was."""
+        names = self.names
+        items = [pack_lookup(i.flow, names) if type(i) is Lookup else i for i in work.items]
+        return ShardWork(work.arrival_ms, work.order, items)
 
     def finish(self) -> list[Flow]:
         """End of input (file mode): nothing more will arrive, so the clock runs on past every deadline
@@ -255,28 +265,26 @@ class Shard:
             elif kind is Connection:
                 ip = item.key[0]
                 self._keep_report(connection_key(*item.key), item, work.arrival_ms)
-            elif kind is Lookup:
-                flow = item.flow
-                offset = self.peers.offset(flow["exporter"])
+            elif kind is bytes:
+                p = PackedLookup(item, 0, self.names)
+                offset = self.peers.offset(p.exporter)
                 if offset is None:
-                    decided.append(attributed(flow, UNATTRIBUTED, reason=UNTRUSTED_CLOCK))
+                    decided.append(attributed(p.flow(self.names), UNATTRIBUTED, reason=UNTRUSTED_CLOCK))
                     continue
-                start = flow["start_ms"] - offset
+                start = p.start - offset
                 if start < horizon:
-                    decided.append(attributed(flow, UNATTRIBUTED, reason=EXPIRED))
+                    decided.append(attributed(p.flow(self.names), UNATTRIBUTED, reason=EXPIRED))
                     continue
                 arrival = work.arrival_ms
                 first = first_try_ms(start, arrival, self.delay_ms)
                 settle = first_try_ms(start, arrival, self.event_settle_ms)
-                key = connection_key(flow["remote_ip"], flow["remote_port"], flow["local_ip"], flow["local_port"])
                 # The other end's reports that came first go along with the lookup: no table entry to keep.
-                carried = self._drop_reports(key)
-                unnamed = not self._named(flow["remote_ip"], key, carried)
-                packed = pack_lookup(flow, key, start, first + self.max_wait_ms - self.delay_ms, settle, unnamed,
-                                     carried, self.names)
-                self._hold_first_try(first, packed)
+                carried = self._drop_reports(p.key)
+                unnamed = not self._named(p.remote_ip, p.key, carried)
+                self._hold_first_try(first, timed_lookup(p, start, first + self.max_wait_ms - self.delay_ms, settle,
+                                                         unnamed, carried))
                 if unnamed:
-                    self.unnamed[flow["exporter"]] = self.unnamed.get(flow["exporter"], 0) + 1
+                    self.unnamed[p.exporter] = self.unnamed.get(p.exporter, 0) + 1
                 if self.pending_count > self.max_pending:
                     self._evict_lookups(decided)
                 continue

@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-# What the decision reads: size, start on the corrected clock, deadline, settle (less the deadline: the
+# What the decision reads: size, start on the corrected clock (the record's own start until its times are
+# set), deadline, settle (less the deadline: the
 # configuration keeps the two within a week of each other), the asking exporter (as a name number) and
 # flags; then the connection key (remote ip, remote port, local ip, local port: the
 # key the other end's report is kept under); then, when it carries them (CARRIES), the other end's
@@ -28,6 +29,8 @@ FIELDS = struct.Struct("<iIIIIIB")
 INBOUND, V6, UNNAMED, SAMPLED, WHOLE, LOCAL_V6, CARRIES = 1, 2, 4, 8, 16, 32, 64  # V6: the remote address
 CARRIED = struct.Struct("<qII")
 FLAGS_AT = HEAD.size - 1
+_EXPORTER, _EXPORTER_AT = struct.Struct("<I"), HEAD.size - 5
+_OFFSET = struct.Struct("<i")
 NO_NAME = 0xFFFFFFFF
 # The fields packed in FIELDS and the key; anything else (pid, comm, open, local_ports, a refused local
 # claim, fields of a newer contract) travels as JSON at the end.
@@ -81,15 +84,14 @@ def connection_key(ip: str, port: int, other_ip: str, other_port: int) -> bytes:
     return packed_ip(ip) + _PORT.pack(port) + packed_ip(other_ip) + _PORT.pack(other_port)
 
 
-def pack_lookup(flow: dict[str, Any], key: bytes, start: int, deadline: int, settle: int, unnamed: bool,
-                carried: tuple[int, ...] | list[int], names: Names) -> bytes:
-    """`key`: the flow's connection key from the remote end; `start`: the flow's start on the corrected
-    clock; `carried`: reports (packed) the lookup takes along."""
+def pack_lookup(flow: dict[str, Any], names: Names) -> bytes:
+    """A lookup as it is read, before the clock reaches it: its record packed under its own start, its
+    times not set yet (`timed_lookup` sets them), so that the input waiting for the clock holds no
+    decoded record either."""
     remote, local = flow["remote_ip"], flow["local_ip"]
-    flags = (V6 if ":" in remote else 0) | (LOCAL_V6 if ":" in local else 0) | (UNNAMED if unnamed else 0)
-    if carried:
-        flags |= CARRIES
-        key = key + bytes((len(carried),)) + b"".join(CARRIED.pack(*read_report(v)) for v in carried)
+    key = connection_key(remote, flow["remote_port"], local, flow["local_port"])
+    flags = (V6 if ":" in remote else 0) | (LOCAL_V6 if ":" in local else 0)
+    start = flow["start_ms"]
     try:
         body = _fields(flow, start, names)
         if flow["direction"] == "inbound":
@@ -100,7 +102,28 @@ def pack_lookup(flow: dict[str, Any], key: bytes, start: int, deadline: int, set
     size = HEAD.size + len(key) + len(body)
     if size > 0xFFFF:
         raise ValueError("a lookup of more than 64 KiB")
-    return HEAD.pack(size, start, deadline, settle - deadline, names.number(flow["exporter"]), flags) + key + body
+    return HEAD.pack(size, start, 0, 0, names.number(flow["exporter"]), flags) + key + body
+
+
+def timed_lookup(p: PackedLookup, start: int, deadline: int, settle: int, unnamed: bool,
+                 carried: tuple[int, ...] | list[int]) -> bytes:
+    """The lookup `p` as `pack_lookup` read it, with its times: `start`, the flow's start on the corrected
+    clock; `carried`, reports (packed) it takes along."""
+    data, key_end = p.data, p.body_at
+    flags = p.flags | (UNNAMED if unnamed else 0)
+    key = data[HEAD.size : key_end]
+    if carried:
+        flags |= CARRIES
+        key += bytes((len(carried),)) + b"".join(CARRIED.pack(*read_report(v)) for v in carried)
+    if flags & WHOLE:
+        body = data[key_end:]
+    else:  # the record's start is kept less the corrected start: the exporter's offset
+        body = _OFFSET.pack(p.start - start) + data[key_end + _OFFSET.size :]
+    size = HEAD.size + len(key) + len(body)
+    if size > 0xFFFF:
+        raise ValueError("a lookup of more than 64 KiB")
+    exporter = _EXPORTER.unpack_from(data, _EXPORTER_AT)[0]
+    return HEAD.pack(size, start, deadline, settle - deadline, exporter, flags) + key + body
 
 
 def _fields(flow: dict[str, Any], start: int, names: Names) -> bytes:

@@ -20,8 +20,14 @@ from dataflow.packed import (
     read_report,
     report,
     reporter,
+    timed_lookup,
     with_flags,
 )
+
+
+def timed(flow, names, start, deadline, settle, unnamed=False, carried=()):
+    """The lookup as a shard holds it once its times are set."""
+    return timed_lookup(PackedLookup(pack_lookup(flow, names), 0, names), start, deadline, settle, unnamed, carried)
 
 
 def contract_flow(**changes):
@@ -63,8 +69,9 @@ def test_a_contract_flow_comes_back_as_it_went_in(family, ports, flow_id, direct
                          end_ms=times[0] + times[1], bytes_sent=counts[0], bytes_received=counts[1], **extras)
     table = Names()
     start = times[0] - 3000  # the exporter's clock 3 s ahead
-    key = connection_key(family[1], ports[1], family[0], ports[0])
-    data = pack_lookup(flow, key, start, 9, 8, True, (), table)
+    [read] = lookups(pack_lookup(flow, table), table)  # as it waits for the clock
+    assert read.flow(table) == flow and read.start_ms() == read.start == times[0]
+    data = timed(flow, table, start, 9, 8, unnamed=True)
     [p] = lookups(data, table)
     assert p.flow(table) == flow
     assert (p.start, p.deadline, p.settle, p.exporter, p.remote_ip, p.remote_port) == (start, 9, 8, "h1", family[1], ports[1])
@@ -82,8 +89,7 @@ def test_lookups_one_after_another_in_one_buffer_and_their_marks():
     buffer = bytearray()
     for i, f in enumerate(flows):
         carried = [report(f["start_ms"] + j, j, i, 0) for j in range(i)]
-        key = connection_key(f["remote_ip"], f["remote_port"], f["local_ip"], f["local_port"])
-        buffer += pack_lookup(f, key, f["start_ms"] - i, i + 1, i + 2, False, carried, table)
+        buffer += timed(f, table, f["start_ms"] - i, i + 1, i + 2, carried=carried)
     read = list(lookups(buffer, table))
     assert [p.flow(table) for p in read] == flows
     assert [[read_report(v) for v in p.carried] for p in read] == [
@@ -101,8 +107,7 @@ def test_a_flow_id_in_the_exporters_form_is_packed_as_its_boot_id_and_number():
     for flow_id in (f"h1:{boot}:123456", f"h1:{boot}:{2**64 - 1}", "h1:987", f"h1:{boot.upper()}:123456",
                     f"h1:{boot}:0123456", f"h2:{boot}:123456"):
         flow = contract_flow(flow_id=flow_id)
-        key = connection_key(flow["remote_ip"], flow["remote_port"], flow["local_ip"], flow["local_port"])
-        data = pack_lookup(flow, key, flow["start_ms"], 2, 3, False, (), table)
+        data = timed(flow, table, flow["start_ms"], 2, 3)
         [p] = lookups(data, table)
         assert p.flow(table) == flow and not p.flags & WHOLE
         sizes[flow_id] = len(data)
@@ -120,8 +125,7 @@ def test_a_record_outside_the_contract_shape_is_kept_whole():
            "remote_port": 443, "start_ms": 5, "end_ms": 6}
     long_id = contract_flow(flow_id="x" * 300)
     for flow in (odd, long_id):
-        key = connection_key(flow["remote_ip"], flow["remote_port"], flow["local_ip"], flow["local_port"])
-        [p] = lookups(pack_lookup(flow, key, flow["start_ms"], 2, 3, False, (), table), table)
+        [p] = lookups(timed(flow, table, flow["start_ms"] - 7, 2, 3), table)
         assert p.flags & WHOLE
         assert p.flow(table) == flow and p.start_ms() == flow["start_ms"]
 

@@ -1,5 +1,6 @@
 """The Bytewax hold on a shard, driven directly: a surprise while one message's work is applied
-dead-letters that work's flows with the exception, and the shard goes on with the next; a shard resumes
+dead-letters that work's flows with the exception, and the shard goes on with the next; the input waiting
+for the clock holds its lookups packed; a shard resumes
 from its own snapshot and refuses, saying what to do, one it cannot read; the memory the state frees goes
 back to the system."""
 
@@ -64,6 +65,17 @@ def test_works_that_name_the_same_place_are_applied_in_the_order_they_came():
     shard.absorb(Progress({("raw", 0): NOW + 1}))
     assert shard.pending() == 3 and not shard.inbox
     assert [a["flow_id"] for a in shard.finish()] == ["same-place-0", "same-place-1", "same-place-2"]
+
+
+def test_input_waiting_for_the_clock_holds_its_lookups_packed_and_the_work_as_it_came_stays():
+    shard = Shard(AttributionConfig(), frozenset({("raw", 0)}))
+    work = ShardWork(NOW, (2, 0, 0), [Lookup(flow(f"h:{i}")) for i in range(3)])
+    shard.absorb(work)
+    [(_, _, _, held)] = shard.inbox
+    assert [type(i) for i in work.items] == [Lookup] * 3  # what the runtime handed over is not changed
+    assert [type(i) for i in held.items] == [bytes] * 3 and max(len(i) for i in held.items) < 80
+    assert pickle.loads(pickle.dumps(shard)).stats() == shard.stats()
+    assert [a["flow_id"] for a in shard.finish()] == ["h:0", "h:1", "h:2"]
 
 
 @pytest.mark.parametrize("snapshot", [b"not a snapshot", pickle.dumps({"now_ms": 0})])
