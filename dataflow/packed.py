@@ -17,16 +17,17 @@ import orjson
 # configuration keeps the two within a week of each other), the asking exporter (as a name number) and
 # flags; then the connection key (remote ip, remote port, local ip, local port: the
 # key the other end's report is kept under); then, when it carries them (CARRIES), the other end's
-# reports that had come before the lookup (a count, then start, workload and exporter of each); then the
-# rest of the record.
+# reports that had come before the lookup (a count, then start, workload and exporter of each); then,
+# when the corrected start is not the record's own (SHIFTED), the exporter's offset (4 bytes: the clock
+# bound keeps it within a day); then the rest of the record.
 HEAD = struct.Struct("<HqqiIB")
-# The rest of a contract flow: start_ms (less the corrected start: the exporter's offset), its length,
-# bytes_sent, bytes_received, region and local_workload (name numbers) and version; then the flow_id
+# The rest of a contract flow: its length, bytes_sent, bytes_received, region and local_workload (name numbers) and version; then the flow_id
 # (see _packed_id), and as JSON whatever else the flow carried. A record whose figures do not fit (a
 # connection open for 49 days, or of 4 GiB) or outside the contract's shapes (the shard is handed only checked flows, but a
 # shard owes nobody a crash) is kept whole, as JSON.
-FIELDS = struct.Struct("<iIIIIIB")
-INBOUND, V6, UNNAMED, SAMPLED, WHOLE, LOCAL_V6, CARRIES = 1, 2, 4, 8, 16, 32, 64  # V6: the remote address
+FIELDS = struct.Struct("<IIIIIB")
+# V6: the remote address.
+INBOUND, V6, UNNAMED, SAMPLED, WHOLE, LOCAL_V6, CARRIES, SHIFTED = 1, 2, 4, 8, 16, 32, 64, 128
 CARRIED = struct.Struct("<qII")
 FLAGS_AT = HEAD.size - 1
 _EXPORTER, _EXPORTER_AT = struct.Struct("<I"), HEAD.size - 5
@@ -93,7 +94,7 @@ def pack_lookup(flow: dict[str, Any], names: Names) -> bytes:
     flags = (V6 if ":" in remote else 0) | (LOCAL_V6 if ":" in local else 0)
     start = flow["start_ms"]
     try:
-        body = _fields(flow, start, names)
+        body = _fields(flow, names)
         if flow["direction"] == "inbound":
             flags |= INBOUND
     except (KeyError, TypeError, ValueError, AttributeError, struct.error):
@@ -115,10 +116,10 @@ def timed_lookup(p: PackedLookup, start: int, deadline: int, settle: int, unname
     if carried:
         flags |= CARRIES
         key += bytes((len(carried),)) + b"".join(CARRIED.pack(*read_report(v)) for v in carried)
-    if flags & WHOLE:
-        body = data[key_end:]
-    else:  # the record's start is kept less the corrected start: the exporter's offset
-        body = _OFFSET.pack(p.start - start) + data[key_end + _OFFSET.size :]
+    body = data[key_end:]
+    if p.start != start and not flags & WHOLE:  # a whole record keeps its own start
+        flags |= SHIFTED
+        body = _OFFSET.pack(p.start - start) + body
     size = HEAD.size + len(key) + len(body)
     if size > 0xFFFF:
         raise ValueError("a lookup of more than 64 KiB")
@@ -126,7 +127,7 @@ def timed_lookup(p: PackedLookup, start: int, deadline: int, settle: int, unname
     return HEAD.pack(size, start, deadline, settle - deadline, exporter, flags) + key + body
 
 
-def _fields(flow: dict[str, Any], start: int, names: Names) -> bytes:
+def _fields(flow: dict[str, Any], names: Names) -> bytes:
     if flow["kind"] != "flow" or flow["direction"] not in ("inbound", "outbound"):
         raise ValueError("not a contract flow")
     tail = _packed_id(flow["flow_id"], flow["exporter"])
@@ -135,7 +136,7 @@ def _fields(flow: dict[str, Any], start: int, names: Names) -> bytes:
         if extras:
             tail += orjson.dumps(extras)
     head = FIELDS.pack(
-        flow["start_ms"] - start, flow["end_ms"] - flow["start_ms"], flow["bytes_sent"], flow["bytes_received"],
+        flow["end_ms"] - flow["start_ms"], flow["bytes_sent"], flow["bytes_received"],
         names.number(flow["region"]), names.number(flow["local_workload"]), flow["v"],
     )
     return head + tail
@@ -208,15 +209,21 @@ class PackedLookup:
         """The flow's start as its exporter's clock gave it."""
         if self.flags & WHOLE:
             return self.flow(None)["start_ms"]
-        return self.start + FIELDS.unpack_from(self.data, self.body_at)[0]
+        return self.start + self.offset()
+
+    def offset(self) -> int:
+        """How far the exporter's clock was found to run ahead when the lookup's times were set."""
+        return _OFFSET.unpack_from(self.data, self.body_at)[0] if self.flags & SHIFTED else 0
 
     def flow(self, names: Names | None) -> dict[str, Any]:
         """The flow record as it came (its fields in the contract's order)."""
         data, at, end = self.data, self.body_at, self.at + self.size
         if self.flags & WHOLE:
             return orjson.loads(bytes(data[at:end]))
-        offset, length, sent, received, region, workload, v = FIELDS.unpack_from(data, at)
-        start_ms = self.start + offset
+        start_ms = self.start + self.offset()
+        if self.flags & SHIFTED:
+            at += _OFFSET.size
+        length, sent, received, region, workload, v = FIELDS.unpack_from(data, at)
         width = 16 if self.flags & V6 else 4
         flow_id, id_end = _read_id(data, at + FIELDS.size, self.exporter)
         flow = {

@@ -98,6 +98,18 @@ def test_lookups_one_after_another_in_one_buffer_and_their_marks():
     assert marked.flags & SAMPLED and marked.flow(table) == flows[2]
 
 
+def test_the_exporters_clock_offset_takes_room_only_when_there_is_one():
+    table = Names()
+    flow = contract_flow()
+    on_time = timed(flow, table, flow["start_ms"], 2, 3)
+    ahead, behind = (timed(flow, table, flow["start_ms"] - offset, 2, 3) for offset in (3000, -86_400_000))
+    assert len(ahead) == len(behind) == len(on_time) + 4
+    for data, offset in ((on_time, 0), (ahead, 3000), (behind, -86_400_000)):
+        [p] = lookups(data, table)
+        assert p.flow(table) == flow and p.start_ms() == flow["start_ms"] and p.start == flow["start_ms"] - offset
+        assert p.offset() == offset
+
+
 def test_a_flow_id_in_the_exporters_form_is_packed_as_its_boot_id_and_number():
     """The exporter's own flow_ids take 21 bytes or fewer instead of their text; the same id with any part
     out of its exact form keeps its text, and both read back as they went in."""
