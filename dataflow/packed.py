@@ -303,7 +303,8 @@ class ReportTable:
     them, without an object per report or per key: each report is an entry appended to one log (its key's
     length, the key, the report in 16 bytes), found through an open-addressing index of log offsets
     (linear probing on the key's hash). A key's reports lie along its probe run in the order they came.
-    Entries that go are marked dead and swept out when they outnumber the live ones or fill the index."""
+    Entries that go are marked dead and swept out once they are half as many as the live ones, or fill the
+    index."""
 
     __slots__ = ("log", "index", "mask", "live", "dead", "least")
 
@@ -360,7 +361,7 @@ class ReportTable:
             log[at] |= _DEAD
         self.live -= len(places)
         self.dead += len(places)
-        if self.dead > self.live and self.dead * 4 > self.least:
+        if self.dead * 2 > self.live and self.dead * 4 > self.least:
             self._build(log, self.live)
         return gone
 
@@ -390,7 +391,7 @@ class ReportTable:
                 if limit < 0 or places[0] == at:
                     gone += self._sift_key(places, n, drop)
             at += 1 + n + _VALUE_BYTES
-        if self.dead > self.live and self.dead * 4 > self.least:
+        if self.dead * 2 > self.live and self.dead * 4 > self.least:
             self._build(self.log, self.live)
         return gone
 
@@ -437,10 +438,10 @@ class ReportTable:
         return found
 
     def _build(self, old: bytearray, live: int) -> None:
-        """A log of the live entries in their order (the same log when none is dead), and an index a
-        quarter to a half full (`live`: the entries it is for)."""
+        """A log of the live entries in their order (the same log when none is dead), and an index at most
+        a third full, to be rebuilt when half full (`live`: the entries it is for)."""
         size = self.least
-        while size < 4 * live:
+        while size < 3 * live:
             size *= 2
         index = self.index = array("I", [_EMPTY]) * size
         mask = self.mask = size - 1
