@@ -13,18 +13,17 @@ from typing import Any, Callable, Iterator
 import orjson
 
 # What the decision reads: size, start on the corrected clock (the record's own start until its times are
-# set), deadline, settle (less the deadline: the
-# configuration keeps the two within a week of each other), the asking exporter (as a name number) and
-# flags; then the connection key (remote ip, remote port, local ip, local port: the
-# key the other end's report is kept under); then, when it carries them (CARRIES), the other end's
-# reports that had come before the lookup (a count, then start, workload and exporter of each); then,
-# when the corrected start is not the record's own (SHIFTED), the exporter's offset (4 bytes: the clock
-# bound keeps it within a day); then the rest of the record.
+# set), deadline, settle (less the deadline: the configuration keeps the two within a week of each
+# other), the asking exporter (as a name number) and flags; then the connection key (remote ip, remote
+# port, local ip, local port: the key the other end's report is kept under); then, when it carries them
+# (CARRIES), the other end's reports that had come before the lookup (a count, then start, workload and
+# exporter of each); then, when the corrected start is not the record's own (SHIFTED), the exporter's
+# offset (4 bytes: the clock bound keeps it within a day); then the rest of the record.
 HEAD = struct.Struct("<HqqiIB")
-# The rest of a contract flow: its length, bytes_sent, bytes_received, region and local_workload (name numbers) and version; then the flow_id
-# (see _packed_id), and as JSON whatever else the flow carried. A record whose figures do not fit (a
-# connection open for 49 days, or of 4 GiB) or outside the contract's shapes (the shard is handed only checked flows, but a
-# shard owes nobody a crash) is kept whole, as JSON.
+# The rest of a contract flow: its length, bytes_sent, bytes_received, region and local_workload (name
+# numbers) and version; then the flow_id (see _packed_id), and as JSON whatever else the flow carried. A
+# record whose figures do not fit (a connection open for 49 days, or of 4 GiB) or outside the contract's
+# shapes (the shard is handed only checked flows, but a shard owes nobody a crash) is kept whole, as JSON.
 FIELDS = struct.Struct("<IIIIIB")
 # V6: the remote address.
 INBOUND, V6, UNNAMED, SAMPLED, WHOLE, LOCAL_V6, CARRIES, SHIFTED = 1, 2, 4, 8, 16, 32, 64, 128
@@ -361,8 +360,7 @@ class ReportTable:
             log[at] |= _DEAD
         self.live -= len(places)
         self.dead += len(places)
-        if self.dead * 2 > self.live and self.dead * 4 > self.least:
-            self._build(log, self.live)
+        self._sweep_if_due()
         return gone
 
     def items(self) -> Iterator[tuple[bytes, int]]:
@@ -391,9 +389,12 @@ class ReportTable:
                 if limit < 0 or places[0] == at:
                     gone += self._sift_key(places, n, drop)
             at += 1 + n + _VALUE_BYTES
+        self._sweep_if_due()
+        return gone
+
+    def _sweep_if_due(self) -> None:
         if self.dead * 2 > self.live and self.dead * 4 > self.least:
             self._build(self.log, self.live)
-        return gone
 
     def _sift_key(self, places: list[int], n: int, drop: Callable[[int], bool]) -> list[int]:
         log = self.log
