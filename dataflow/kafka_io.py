@@ -47,7 +47,10 @@ ARRIVAL_TIME = {"message.timestamp.type": "LogAppendTime"}
 CAUGHT_UP_EVERY_S = 0.1
 # A partition that has caught up is asked again only after this pause: left to itself, Bytewax's reader
 # would poll it every millisecond, and a quiet job (one waiting out its max wait) would burn CPU for nothing.
-IDLE_POLL_S = 0.05
+# Every caught-up partition wakes the worker once a pause, so a shorter one costs an idle job CPU in
+# proportion; the pause delays the first read after a quiet spell, and so the arrival clock, by at most
+# this much, against a delay of a minute.
+IDLE_POLL_S = 0.25
 # A question about a partition's end not answered in this long is given up and asked again by a new client.
 UNANSWERED_MS = 10_000
 # Told where a reader is: (topic, partition, next offset to read, the partition's low and high watermarks).
