@@ -92,9 +92,9 @@ def start_jobs(toml: Path, processes: int, profile_to: Path | None = None) -> li
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if processes > 1:
         env["FLOWATTR_CLUSTER__ADDRESSES"] = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-    profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
+    profiler = ["bench.cpu_profile", str(profile_to)] if profile_to else []
     return [subprocess.Popen(
-        [sys.executable, *profiler, "-m", "dataflow.cli", "--config", str(toml), "run", "--summary-every", "3600"],
+        [sys.executable, "-m", *profiler, "dataflow.cli", "--config", str(toml), "run", "--summary-every", "3600"],
         cwd=REPO, env={**env, "FLOWATTR_CLUSTER__PROCESS_ID": str(i)} if processes > 1 else env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     ) for i in range(processes)]

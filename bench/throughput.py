@@ -125,7 +125,7 @@ def file_mode(folder: Path, flows: int, workdir: Path, profile: bool) -> dict[st
     out = workdir / ("file-profiled" if profile else "file")
     config = replace(fleet.job_config(), files=FilesConfig(input_dir=str(folder), output_dir=str(out)))
     tally = Tally()
-    profiler = cProfile.Profile() if profile else None
+    profiler = cProfile.Profile(time.process_time) if profile else None
     gc.collect()
     wall, cpu = time.monotonic(), time.process_time()
     if profiler:
@@ -256,7 +256,7 @@ def stage_table(figures: dict[str, Any], core: float | None) -> list[str]:
             cells.append("- | -" if share is None else f"{100 * share:.0f}% | {share * us:.1f}" if us else f"{100 * share:.0f}% | -")
         rows.append(f"| {'&nbsp;&nbsp;of which: ' if depth else ''}{label} | " + " | ".join(cells) + " |")
     return ["### Where the time goes", "",
-            "Shares of each profiled run's time by stage (cumulative time of the function doing it), and what",
+            "Shares of each profiled run's CPU time by stage (cumulative time of the function doing it), and what",
             "that share is of one flow's cost in the unprofiled run of the same mode (the median above). The",
             f"goal allows {1e6 / TARGET_PER_CORE:.0f} µs a flow in all.", "",
             *rows, ""]
@@ -293,8 +293,9 @@ def render(record: dict[str, Any], rest: dict[str, Any] | None = None) -> str:
         "final wait for the arrival clock included; CPU = utime + stime of the job process from /proc).",
         "*file mode*: the same job on the same batches as files, each run in a fresh process; *Python source*: the",
         "same with DATAFLOW_PURE=1, the per-record modules imported from their source instead of their compiled",
-        "build (setup.py). The cProfile run is in the bench's process; cProfile roughly doubles the time: read its",
-        "shares, not its seconds.", "",
+        "build (setup.py). The cProfile runs (file mode in the bench's process, Kafka in the job's) time by the",
+        "process's CPU clock, every thread's, not the wall clock (`bench/cpu_profile.py`): a wait costs them",
+        "nothing. Profiling roughly doubles the time: read their shares, not their seconds.", "",
         *table(figures), "",
         *compiled_gain(figures),
         f"Goal: >= {TARGET_PER_CORE:,} flows per CPU second end to end (1 process, every flow over every CPU second): {verdict}.",
