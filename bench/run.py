@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sustained-s", type=int, default=480, help="length of the paced stream at the defaults")
     parser.add_argument("--sustained-rates", type=lambda text: tuple(int(r) for r in text.split(",")),
                         default=sustained.RATES, help="its flows per second, one run at each (comma-separated)")
+    parser.add_argument("--sustained-rounds", type=int, default=sustained.ROUNDS, help="how many times to run every rate")
     parser.add_argument("--only", type=lambda text: text.split(","), default=BENCHMARKS,
                         help=f"a comma-separated choice of {','.join(BENCHMARKS)} (each rewrites its own figures)")
     args = parser.parse_args(argv)
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         if "sustained" in args.only:
             result: dict = {}
             guarded("sustained", lambda: sustained.run_rates(bootstrap, workdir, 90 if args.quick else args.sustained_s,
-                                                             args.sustained_rates), result)
+                                                             args.sustained_rates, 1 if args.quick else args.sustained_rounds),
+                    result)
             if "runs" in result["sustained"]:
                 sustained.draw(result["sustained"])
                 save("sustained", result["sustained"], started)
