@@ -45,12 +45,14 @@ ARRIVAL_TIME = {"message.timestamp.type": "LogAppendTime"}
 # A reader asks the broker for a partition's end at most this often (a partition that trickles may need
 # several questions before one finds it caught up).
 CAUGHT_UP_EVERY_S = 0.1
-# A partition that has caught up is asked again only after this pause: left to itself, Bytewax's reader
-# would poll it every millisecond, and a quiet job (one waiting out its max wait) would burn CPU for nothing.
-# Every caught-up partition wakes the worker once a pause, so a shorter one costs an idle job CPU in
-# proportion; the pause delays the first read after a quiet spell, and so the arrival clock, by at most
-# this much, against a delay of a minute.
+# A partition that has caught up is polled again after at most this pause: left to itself, Bytewax's
+# reader would poll it every millisecond, and a quiet job (one waiting out its max wait) would burn CPU
+# for nothing. Every caught-up partition wakes the worker once a pause, so a shorter one costs an idle
+# job CPU in proportion. It sleeps less when its next word is due sooner (see `_next_wake`): the pause
+# must not hold the arrival clock back.
 IDLE_POLL_S = 0.25
+# While a question about its end is in flight, a partition looks for the answer this often.
+ANSWER_POLL_S = 0.05
 # A question about a partition's end not answered in this long is given up and asked again by a new client.
 UNANSWERED_MS = 10_000
 # Told where a reader is: (topic, partition, next offset to read, the partition's low and high watermarks).
@@ -344,19 +346,40 @@ class _CaughtUpPartition(StatefulSourcePartition):
             return batch
         if cached is None or not self._caught_up(*cached):
             return batch
-        self.awake = datetime.now(timezone.utc) + timedelta(seconds=IDLE_POLL_S)
         word = self._answer(cached[0])
         if word is not None:
             self.said_cell = word.at_ms // Shard.DUE_GRID_MS
+            self.awake = self._next_wake()
             return [word]
         now = time.monotonic()
         # Shards decide only at points of the due grid: a word that would not carry this partition past
         # the next point changes nothing, and in a cluster every word costs every process a wake-up.
-        passed = (int(time.time() * 1000) - self.margin_ms) // Shard.DUE_GRID_MS > self.said_cell
-        if self.asked is None and passed and now - self.said_at >= CAUGHT_UP_EVERY_S:
+        if self.asked is None and time.time() * 1000 >= self._next_point_ms() and now - self.said_at >= CAUGHT_UP_EVERY_S:
             self.said_at = now
             self._ask()
+        self.awake = self._next_wake()
         return batch
+
+    def _next_point_ms(self) -> int:
+        """The wall-clock moment the margin-delayed clock passes the due point after the last word: a
+        question is worth asking from then on."""
+        return (self.said_cell + 1) * Shard.DUE_GRID_MS + self.margin_ms
+
+    def _next_wake(self) -> datetime:
+        """When a caught-up partition next looks: soon while its question is in flight, at the next due
+        point if that comes sooner than the idle pause (so that the word for it is asked for at once),
+        and otherwise after the idle pause, to read what came meanwhile."""
+        if self.asked is not None:
+            pause = ANSWER_POLL_S
+        else:
+            now_ms = time.time() * 1000
+            point_ms = self._next_point_ms()
+            if now_ms >= point_ms:  # a question is due; asked once the last one is CAUGHT_UP_EVERY_S old
+                pause = self.said_at + CAUGHT_UP_EVERY_S - time.monotonic()
+            else:
+                pause = (point_ms - now_ms) / 1000
+            pause = min(IDLE_POLL_S, max(pause, 0.0))
+        return datetime.now(timezone.utc) + timedelta(seconds=pause)
 
     def _ask(self) -> None:
         asked_ms = int(time.time() * 1000)

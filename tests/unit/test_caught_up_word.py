@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
+from datetime import datetime, timezone
 
 from confluent_kafka import KafkaError, KafkaException
 
-from dataflow.kafka_io import ArrivalSource, CaughtUp, _CaughtUpPartition
+from dataflow import kafka_io
+from dataflow.kafka_io import ANSWER_POLL_S, IDLE_POLL_S, ArrivalSource, CaughtUp, _CaughtUpPartition
 
 
 class _Consumer:
@@ -90,7 +92,27 @@ def test_a_quiet_partition_speaks_once_a_due_point_passes_not_at_every_poll(monk
     part = _CaughtUpPartition(_Reader(), 1000, None, ArrivalSource(["127.0.0.1:9"], ["flows.raw"], margin_ms=1000).admin)
     words = _words(part, 3.5)
     cells = [w.at_ms // 1000 for w in words]
-    # Polled every 10 ms here, every 50 ms by the runtime: one question and one word for each grid
+    # Polled every 10 ms here, when `_next_wake` says by the runtime: one question and one word for each grid
     # point the margin-delayed wall clock passed, each word in a cell of its own.
     assert 3 <= len(words) <= 5 and cells == sorted(set(cells))
     assert admin.asked == len(words)
+
+
+def test_a_caught_up_partition_sleeps_until_its_next_word_is_due_but_no_longer_than_the_idle_pause(monkeypatch):
+    part = _CaughtUpPartition(_Reader(), 1000, None, ArrivalSource(["127.0.0.1:9"], ["flows.raw"], margin_ms=1000).admin)
+    part.said_cell = 100  # the last word spoke for the cell of 100 s: the next is asked for at 101 s + the margin
+    wall, mono = [0.0], 50.0
+    monkeypatch.setattr(kafka_io.time, "time", lambda: wall[0])
+    monkeypatch.setattr(kafka_io.time, "monotonic", lambda: mono)
+
+    def pause(at_s: float) -> float:
+        wall[0] = at_s
+        return (part._next_wake() - datetime.now(timezone.utc)).total_seconds()
+
+    assert abs(pause(101.9) - 0.1) < 0.02, "the next point is 0.1 s away: it wakes for it"
+    assert abs(pause(101.2) - IDLE_POLL_S) < 0.02, "the next point is 0.8 s away: it looks again after the idle pause"
+    assert pause(102.0) < 0.02, "the point has passed and the last question is old: it asks at once"
+    part.said_at = mono - 0.04
+    assert abs(pause(102.0) - 0.06) < 0.02, "a question was asked 0.04 s ago: the next one waits out the 0.1 s"
+    part.asked = (Future(), 102_000, None)
+    assert abs(pause(102.0) - ANSWER_POLL_S) < 0.02, "a question is in flight: it looks for the answer soon"
