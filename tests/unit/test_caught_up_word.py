@@ -95,7 +95,8 @@ def test_a_quiet_partition_speaks_once_a_due_point_passes_not_at_every_poll(monk
     # Polled every 10 ms here, when `_next_wake` says by the runtime: one question and one word for each grid
     # point the margin-delayed wall clock passed, each word in a cell of its own.
     assert 3 <= len(words) <= 5 and cells == sorted(set(cells))
-    assert admin.asked == len(words)
+    # A question asked at the last poll is answered at the next, which the loop above no longer makes.
+    assert admin.asked == len(words) + (part.asked is not None)
 
 
 def test_a_caught_up_partition_sleeps_until_its_next_word_is_due_but_no_longer_than_the_idle_pause(monkeypatch):
