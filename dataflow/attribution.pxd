@@ -29,6 +29,8 @@ cdef class Shard:
     cdef public dict waiting
     cdef public list deadlines
     cdef public set deadline_marks
+    cdef public set at_edges
+    cdef public long long clocks_seen
     cdef public long long pending_count
     cdef public dict unnamed
     cdef public long long prune_every_ms, range_prune_every
@@ -53,6 +55,7 @@ cdef class Shard:
     cpdef dict _record(self, PackedLookup p, tuple verdict)
     cpdef tuple _reports(self, PackedLookup p)
     cpdef _sample_clocks(self, PackedLookup p, tuple reports)
+    cpdef _retry_edges(self, list decided)
     @cython.locals(p=PackedLookup)
     cpdef _retry(self, object ip, list decided)
     cpdef tuple _verdict(self, PackedLookup p, tuple reports, bint final=*)

@@ -144,6 +144,11 @@ class Shard:
         self.waiting: dict[str, bytearray] = {}
         self.deadlines: list[tuple[int, str]] = []
         self.deadline_marks: set[tuple[int, str]] = set()
+        # Addresses whose lookups wait at a range's edge, where only the margin for the clocks keeps the
+        # range from holding their start: tried again when what is known of the clocks changes, since an
+        # owner that has left sends no evidence that would retry them.
+        self.at_edges: set[str] = set()
+        self.clocks_seen = 0
         self.pending_count = 0
         # Lookups of addresses no evidence named when they came, by the exporter that asked: a scan's.
         self.unnamed: dict[str, int] = {}
@@ -231,9 +236,11 @@ class Shard:
             elif due_at <= prune_at:
                 self.now_ms = max(self.now_ms, due_at)
                 self._decide_due(decided)
+                self._retry_edges(decided)
             else:
                 self.now_ms = max(self.now_ms, prune_at)
                 self._prune(prune_at)
+                self._retry_edges(decided)
         self.now_ms = max(self.now_ms, now)
 
     def _apply(self, work: ShardWork, decided: list[Flow]) -> None:
@@ -424,6 +431,7 @@ class Shard:
             self.waiting[where] = kept
         else:
             del self.waiting[where]
+            self.at_edges.discard(where)
 
     def _named(self, ip: str, key: bytes, carried: tuple[int, ...] | list[int]) -> bool:
         """Whether any evidence here speaks of the address a lookup asks about."""
@@ -513,6 +521,18 @@ class Shard:
                 start, _, exporter = read_report(value)
                 self.peers.observe(p.exporter, names[exporter], start - start_ms, self.now_ms)
 
+    def _retry_edges(self, decided: list[Flow]) -> None:
+        """Clocks are learned at first tries and forgotten at prune points: after either, if anything
+        known of them changed, the lookups waiting at a range's edge are tried again (in address order,
+        so that a replay answers in the same order)."""
+        if self.peers.changes == self.clocks_seen:
+            return
+        self.clocks_seen = self.peers.changes
+        at_edges, self.at_edges = self.at_edges, set()
+        for ip in sorted(at_edges):
+            if ip in self.waiting:
+                self._retry(ip, decided)
+
     def _retry(self, ip: str, decided: list[Flow]) -> None:
         kept = bytearray()
         for p in lookups(self.waiting[ip], self.names):
@@ -554,9 +574,12 @@ class Shard:
                     return UNATTRIBUTED, None, CONFLICT, "heartbeat"
                 return ATTRIBUTED_OUTCOME, name, None, "heartbeat", "connection"
         if spans:
-            owner = ownership.owner_at(spans, start, guard, clock, reach)
+            owner = ownership.owner_at(spans, start, guard, clock, reach, self.guard_ms)
             if owner is ownership.CONFLICT:
                 return UNATTRIBUTED, None, CONFLICT, "heartbeat"
+            if owner is ownership.EDGE:
+                self.at_edges.add(ip)
+                return None
             if owner is None:
                 return None
             return ATTRIBUTED_OUTCOME, owner, None, "heartbeat", "range"

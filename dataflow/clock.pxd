@@ -9,6 +9,7 @@ cdef class PeerClocks:
     cdef public long long guard_ms, bound_ms, memory_ms
     cdef public dict samples, numbers, known
     cdef public object spread
+    cdef public long long changes
 
     @cython.locals(samples=PeerSamples, ordered=object, n=Py_ssize_t)
     cpdef observe(self, object looker, object reporter, long long difference_ms, long long at_ms)

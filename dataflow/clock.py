@@ -108,6 +108,8 @@ class PeerClocks:
         # may be off. It grows with each sample and is worked out anew only when samples are forgotten,
         # so the same evidence always gives the same answers.
         self.spread = 0
+        # Bumped whenever what is known of any clock changes: lookups that waited on it are tried again.
+        self.changes = 0
 
     def observe(self, looker: str, reporter: str, difference_ms: int, at_ms: int) -> None:
         """One connection: the reporter's start minus the looker's start for the same connection, taken
@@ -127,9 +129,12 @@ class PeerClocks:
             n = len(ordered)
             if n >= self.MIN_PEERS:
                 median, scatter = ordered[n // 2], ordered[(3 * n) // 4] - ordered[n // 4]
-                self.known[exporter] = (median, scatter)
-                if abs(median) <= self.bound_ms:
-                    self.spread = max(self.spread, abs(median) + scatter)
+                if self.known.get(exporter) != (median, scatter):
+                    self.known[exporter] = (median, scatter)
+                    self.changes += 1
+                if abs(median) <= self.bound_ms and abs(median) + scatter > self.spread:
+                    self.spread = abs(median) + scatter
+                    self.changes += 1
 
     def forget(self, now_ms: int) -> None:
         """Drop the differences taken more than `memory_ms` before `now_ms`; each exporter is then known
@@ -141,13 +146,17 @@ class PeerClocks:
                 continue
             ordered = samples.medians
             n = len(ordered)
+            self.changes += 1
             if n >= self.MIN_PEERS:
                 self.known[exporter] = (ordered[n // 2], ordered[(3 * n) // 4] - ordered[n // 4])
             else:
                 self.known.pop(exporter, None)
                 if not n:
                     del self.samples[exporter]
-        self.spread = max((abs(m) + s for m, s in self.known.values() if abs(m) <= self.bound_ms), default=0)
+        spread = max((abs(m) + s for m, s in self.known.values() if abs(m) <= self.bound_ms), default=0)
+        if spread != self.spread:
+            self.spread = spread
+            self.changes += 1
 
     def offset(self, exporter: str) -> int | None:
         """ms the exporter's clock runs ahead (0 while unknown); None beyond the bound."""

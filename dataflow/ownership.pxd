@@ -8,7 +8,7 @@ cimport cython
 @cython.locals(i=Py_ssize_t)
 cpdef bint claim(list spans, object workload, object start, object end, object max_ranges) except -1
 @cython.locals(i=Py_ssize_t)
-cpdef owner_at(list spans, object t, object guard_ms, object clock=*, object reach_ms=*)
+cpdef owner_at(list spans, object t, object guard_ms, object clock=*, object reach_ms=*, object least_ms=*)
 @cython.locals(i=Py_ssize_t)
 cpdef bint contradicted(list spans, object workload, object t, object guard_ms, object clock=*, object reach_ms=*) except -1
 cpdef _corrected(list spans, Py_ssize_t i, object guard_ms, object clock)

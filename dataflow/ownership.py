@@ -12,6 +12,10 @@ from __future__ import annotations
 CONFLICT = object()
 """owner_at's answer when more than one workload claims the time asked about."""
 
+EDGE = object()
+"""owner_at's answer when no range holds the time asked about with its margin to spare, but one would with
+the least margin: what is known of the clocks widens the margin beyond that, and may yet narrow it."""
+
 
 def claim(spans: list, workload, start: int, end: int, max_ranges: int) -> bool:
     """Record that `workload` (a claimer) owned the address during [start, end].
@@ -52,7 +56,7 @@ def _insert(spans: list, start: int, end: int, workload: str) -> None:
     spans[i:i] = (start, end, workload)
 
 
-def owner_at(spans: list, t: int, guard_ms: int, clock=None, reach_ms: int = 0):
+def owner_at(spans: list, t: int, guard_ms: int, clock=None, reach_ms: int = 0, least_ms: int | None = None):
     """The workload whose range holds t, if it is the only workload with a range within the guard of t.
 
     `clock(exporter)` says what is known of a claiming exporter's clock: (offset, slack) in ms, or None
@@ -61,10 +65,14 @@ def owner_at(spans: list, t: int, guard_ms: int, clock=None, reach_ms: int = 0):
     address may have been nobody's; another workload's range within that much of t makes a CONFLICT
     (host clocks disagree by that much, so the order of the two cannot be trusted). `reach_ms`: the
     most any correction moves a range (ranges are sorted by uncorrected start). None when no range
-    holds t: the answer may still arrive.
+    holds t: the answer may still arrive; EDGE when a range would hold t with `least_ms` (the margin
+    if every clock were known to the guard; by default `guard_ms`) to spare, and only a wider margin
+    keeps it from doing so.
     """
+    least = guard_ms if least_ms is None else least_ms
     covering = None
     near = None
+    edge = False
     for i in range(0, len(spans), 3):
         if spans[i] - guard_ms - reach_ms > t:
             break
@@ -80,6 +88,10 @@ def owner_at(spans: list, t: int, guard_ms: int, clock=None, reach_ms: int = 0):
             return CONFLICT
         if s + margin <= t <= e - margin:
             covering = w
+        elif s + least <= t <= e - least:
+            edge = True
+    if covering is None and edge:
+        return EDGE
     return covering
 
 

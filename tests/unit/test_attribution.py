@@ -306,3 +306,28 @@ def test_the_end_of_input_decides_each_lookup_as_a_quiet_live_clock_would():
     assert quiet["edge"]["outcome"] == "unattributed"
     assert finished == quiet
     assert live.pending() == ended.pending() == 0
+
+
+def test_a_lookup_held_at_a_range_edge_by_an_unknown_clock_is_answered_once_that_clock_is_known():
+    # "slow" is known to run 5 s early, so "leaver", not known yet, may be as far off: a flow 3 s into
+    # leaver's only range cannot be given to it. Leaver's workload has left the address (no more claims
+    # will come), so nothing about the address itself would retry the lookup before its deadline.
+    s = shard()
+    for i in range(5):
+        key = ("10.0.0.8", 443, "10.0.0.1", 30000 + i)
+        t = T0 - 5 * MIN + i * 10_000
+        looked = {**flow(remote_ip="10.0.0.8", start=t, local_port=30000 + i, exporter=f"g{i}"), "flow_id": f"p{i}"}
+        feed(s, work(t + 10, Connection(key, t - 5_000, "svc", "slow")), work(t + 20, Lookup(looked)))
+    feed(s, work(T0 + MIN + 1, claim("10.0.0.9", "gone", T0, T0 + MIN, exporter="leaver")))
+    edge = {**flow(start=T0 + 3_000, exporter="g0"), "flow_id": "edge"}
+    feed(s, work(T0 + MIN + 2, Lookup(edge)))
+    assert "edge" not in {a["flow_id"] for a in feed(s, at(T0 + 2 * MIN))}, "tried at T0 + 63 s: the edge waits"
+    # Then three peers' connections with leaver (at another address of the shard) show its clock keeps time.
+    for i in range(3):
+        key = ("10.0.0.30", 443, "10.0.0.1", 31000 + i)
+        t = T0 + 2 * MIN - 50_000 + i * 1_000
+        looked = {**flow(remote_ip="10.0.0.30", start=t, local_port=31000 + i, exporter=f"k{i}"), "flow_id": f"k{i}"}
+        feed(s, work(T0 + 2 * MIN + 10, Connection(key, t, "svc2", "leaver"), Lookup(looked)))
+    answers = {a["flow_id"]: a for a in feed(s, at(T0 + 3 * MIN))}
+    assert s.peers.clock("leaver") == (0, 0)
+    assert answers["edge"]["remote_workload"] == "gone", "answered when leaver's clock became known, not at its deadline"

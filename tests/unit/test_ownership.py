@@ -1,5 +1,5 @@
 from dataflow import ownership
-from dataflow.ownership import CONFLICT, claim, owner_at
+from dataflow.ownership import CONFLICT, EDGE, claim, owner_at
 
 
 def spans_of(*claims, max_ranges=32):
@@ -52,6 +52,20 @@ def test_within_the_guard_of_an_edge_the_address_may_have_been_nobodys():
     assert owner_at(spans, 10_500, guard_ms=1000) is None
     assert owner_at(spans, 19_500, guard_ms=1000) is None
     assert owner_at(spans, 11_000, guard_ms=1000) == "a"
+
+
+def test_a_time_that_only_the_clocks_slack_keeps_out_of_a_range_is_an_edge():
+    # The claimer's clock may be 3 s further off than the guard allows for: 12 s is not held with that to
+    # spare. It is an edge: were the clock known to the guard, the range would hold it. Beyond the guard
+    # of the range's end, or with no slack at all, nothing about the clocks can change the answer.
+    spans = spans_of(("a", 10_000, 20_000))
+    spans[2] = ("a", "host-a")
+    loose = {"host-a": (0, 3_000)}.get
+    assert owner_at(spans, 12_000, 1000, loose, least_ms=1000) is EDGE
+    assert owner_at(spans, 18_500, 1000, loose, least_ms=1000) is EDGE
+    assert owner_at(spans, 19_500, 1000, loose, least_ms=1000) is None
+    assert owner_at(spans, 15_000, 1000, loose, least_ms=1000) == "a"
+    assert owner_at(spans, 12_000, 1000, {"host-a": (0, 0)}.get, least_ms=1000) == "a"
 
 
 def test_ranges_are_read_on_their_claimers_corrected_clocks():
