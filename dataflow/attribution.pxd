@@ -22,6 +22,7 @@ cdef class Shard:
     cdef public long long refused_claims
     cdef public dict claimers, ranges, port_ranges, events
     cdef public Names names
+    cdef public long long packing
     cdef public ReportTable reports
     cdef public long long report_count
     cdef public dict reports_of, first_tries

@@ -14,6 +14,7 @@ from dataflow.clock import ENDED, ArrivalClock, PartitionId, PeerClocks, first_t
 from dataflow.config import AttributionConfig
 from dataflow.packed import (
     HEAD,
+    PACKING,
     SAMPLED,
     UNNAMED,
     Names,
@@ -131,6 +132,7 @@ class Shard:
         self.port_ranges: dict[str, dict[Ports, list]] = {}  # shared IPv4 addresses, by port range
         self.events: dict[str, list] = {}
         self.names = Names()
+        self.packing = PACKING
         # Connection reports under their packed connection keys, oldest first, each carrying the prune
         # period it arrived in.
         self.reports = ReportTable()

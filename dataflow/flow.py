@@ -26,6 +26,7 @@ from dataflow import file_io, kafka_io
 from dataflow.attribution import Lookup, Shard
 from dataflow.config import Config, check_job, load_config
 from dataflow.entitlements import Entitlements
+from dataflow.packed import PACKING
 from dataflow.metrics import JobMetrics
 from dataflow.records import DeadLetter, Origin, encode_batches
 from dataflow.routing import Routers, Tally
@@ -192,6 +193,8 @@ def _resumed(snapshot: bytes) -> Shard:
         raise RuntimeError(f"{_UNREADABLE} ({type(e).__name__}: {e})") from e
     if type(shard) is not Shard:
         raise RuntimeError(f"{_UNREADABLE} (it holds a {type(shard).__name__})")
+    if getattr(shard, "packing", None) != PACKING:
+        raise RuntimeError(f"{_UNREADABLE} (its lookups are packed in another layout)")
     return shard
 
 

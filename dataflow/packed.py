@@ -20,6 +20,9 @@ import orjson
 # exporter of each); then, when the corrected start is not the record's own (SHIFTED), the exporter's
 # offset (4 bytes: the clock bound keeps it within a day); then the rest of the record.
 HEAD = struct.Struct("<HqqiIB")
+# The layout's version: a shard keeps it, and one resumed from a snapshot of another layout is refused
+# (its lookups would be misread).
+PACKING = 2
 # The rest of a contract flow: its length, bytes_sent, bytes_received, region and local_workload (name
 # numbers) and version; then the flow_id (see _packed_id), and as JSON whatever else the flow carried. A
 # record whose figures do not fit (a connection open for 49 days, or of 4 GiB) or outside the contract's
@@ -40,7 +43,8 @@ PACKED = frozenset(
 )
 _PORT = struct.Struct(">H")
 # A flow_id in the exporter's own form, "{exporter}:{boot id}:{socket cookie}" (or "{exporter}:{number}"),
-# is packed as a form byte, the boot id's 16 bytes and the number: 21 bytes or fewer where its text takes
+# is packed as a form byte, the boot id as a name number (a host's boot id is the same in all its flows,
+# so each is kept once per shard, like the names) and the number: 9 bytes or fewer where its text takes
 # some 55. Any other flow_id is its length (under ID_FORM) and its UTF-8 bytes.
 ID_FORM, ID_BOOT, ID_WIDE = 0xF0, 1, 2
 _ID_NUMBER = (struct.Struct("<I"), struct.Struct("<Q"))
@@ -129,7 +133,7 @@ def timed_lookup(p: PackedLookup, start: int, deadline: int, settle: int, unname
 def _fields(flow: dict[str, Any], names: Names) -> bytes:
     if flow["kind"] != "flow" or flow["direction"] not in ("inbound", "outbound"):
         raise ValueError("not a contract flow")
-    tail = _packed_id(flow["flow_id"], flow["exporter"])
+    tail = _packed_id(flow["flow_id"], flow["exporter"], names)
     if len(flow) != len(PACKED) or not PACKED.issuperset(flow):
         extras = {k: v for k, v in flow.items() if k not in PACKED}
         if extras:
@@ -141,7 +145,7 @@ def _fields(flow: dict[str, Any], names: Names) -> bytes:
     return head + tail
 
 
-def _packed_id(flow_id: str, exporter: str) -> bytes:
+def _packed_id(flow_id: str, exporter: str, names: Names) -> bytes:
     """Each part of the exporter's form is packed only if it reads back as the same text."""
     cut = len(exporter)
     if flow_id.startswith(exporter) and flow_id[cut : cut + 1] == ":":
@@ -152,29 +156,24 @@ def _packed_id(flow_id: str, exporter: str) -> bytes:
             form = ID_FORM | (ID_WIDE if wide else 0)
             if not colon:
                 return bytes((form,)) + _ID_NUMBER[wide].pack(n)
-            boot_bytes = _boot_bytes(boot)
-            if boot_bytes is not None:
-                return bytes((form | ID_BOOT,)) + boot_bytes + _ID_NUMBER[wide].pack(n)
+            if _is_boot_id(boot):
+                return bytes((form | ID_BOOT,)) + _EXPORTER.pack(names.number(boot)) + _ID_NUMBER[wide].pack(n)
     text = flow_id.encode()
     if len(text) >= ID_FORM:
         raise ValueError("a flow_id longer than a length byte")
     return bytes((len(text),)) + text
 
 
-def _boot_bytes(boot: str) -> bytes | None:
-    """A boot id as the kernel writes it (a UUID: lower-case hex in groups of 8-4-4-4-12) as 16 bytes."""
-    if len(boot) != 36:
-        return None
-    try:
-        packed = bytes.fromhex(boot.replace("-", ""))
-    except ValueError:
-        return None
-    return packed if len(packed) == 16 and _boot_text(packed) == boot else None
+def _is_boot_id(boot: str) -> bool:
+    """A boot id as the kernel writes it (a UUID: lower-case hex in groups of 8-4-4-4-12): only these become
+    names, so that whatever else a flow_id carries cannot add a name to a shard with every flow."""
+    if len(boot) != 36 or boot[8] != "-" or boot[13] != "-" or boot[18] != "-" or boot[23] != "-":
+        return False
+    digits = boot.replace("-", "")
+    return len(digits) == 32 and _HEX.issuperset(digits)
 
 
-def _boot_text(packed: bytes) -> str:
-    h = packed.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+_HEX = frozenset("0123456789abcdef")
 
 
 class PackedLookup:
@@ -224,7 +223,7 @@ class PackedLookup:
             at += _OFFSET.size
         length, sent, received, region, workload, v = FIELDS.unpack_from(data, at)
         width = 16 if self.flags & V6 else 4
-        flow_id, id_end = _read_id(data, at + FIELDS.size, self.exporter)
+        flow_id, id_end = _read_id(data, at + FIELDS.size, self.exporter, names)
         flow = {
             "v": v, "kind": "flow", "flow_id": flow_id,
             "exporter": self.exporter, "region": names.name(region),
@@ -240,7 +239,7 @@ class PackedLookup:
         return flow
 
 
-def _read_id(data: bytes | bytearray, at: int, exporter: str) -> tuple[str, int]:
+def _read_id(data: bytes | bytearray, at: int, exporter: str, names: Names) -> tuple[str, int]:
     """The flow_id packed at `at`, and where what follows it starts."""
     form = data[at]
     if form < ID_FORM:
@@ -248,8 +247,8 @@ def _read_id(data: bytes | bytearray, at: int, exporter: str) -> tuple[str, int]
     number = _ID_NUMBER[bool(form & ID_WIDE)]
     at += 1
     if form & ID_BOOT:
-        boot = _boot_text(bytes(data[at : at + 16]))
-        at += 16
+        boot = names.names[_EXPORTER.unpack_from(data, at)[0]]
+        at += _EXPORTER.size
         return f"{exporter}:{boot}:{number.unpack_from(data, at)[0]}", at + number.size
     return f"{exporter}:{number.unpack_from(data, at)[0]}", at + number.size
 

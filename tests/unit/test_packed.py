@@ -111,8 +111,9 @@ def test_the_exporters_clock_offset_takes_room_only_when_there_is_one():
 
 
 def test_a_flow_id_in_the_exporters_form_is_packed_as_its_boot_id_and_number():
-    """The exporter's own flow_ids take 21 bytes or fewer instead of their text; the same id with any part
-    out of its exact form keeps its text, and both read back as they went in."""
+    """The exporter's own flow_ids take 9 bytes or fewer instead of their text (the boot id as a name,
+    kept once per shard); the same id with any part out of its exact form keeps its text, and both read
+    back as they went in."""
     table = Names()
     boot = "0f3c2a9e-1b7d-4c55-9a0e-6d2f8b1c4e70"
     sizes = {}
@@ -125,8 +126,9 @@ def test_a_flow_id_in_the_exporters_form_is_packed_as_its_boot_id_and_number():
         sizes[flow_id] = len(data)
     as_text = sizes[f"h2:{boot}:123456"]
     rest = as_text - 1 - len(f"h2:{boot}:123456")  # the lookup without its flow_id
-    assert sizes[f"h1:{boot}:123456"] == rest + 1 + 16 + 4
-    assert sizes[f"h1:{boot}:{2**64 - 1}"] == rest + 1 + 16 + 8
+    assert sizes[f"h1:{boot}:123456"] == rest + 1 + 4 + 4
+    assert sizes[f"h1:{boot}:{2**64 - 1}"] == rest + 1 + 4 + 8
+    assert table.names.count(boot) == 1, "one name for the boot id, however many flows carry it"
     assert sizes["h1:987"] == rest + 1 + 4
     assert sizes[f"h1:{boot.upper()}:123456"] == sizes[f"h1:{boot}:0123456"] - 1 == as_text
 

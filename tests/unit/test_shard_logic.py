@@ -84,6 +84,13 @@ def test_a_snapshot_the_shard_cannot_read_stops_the_job_saying_what_to_do(snapsh
         ShardLogic(load_config(environ={}), snapshot, frozenset({(RAW, 0)}), True, StateCollector(), Tally())
 
 
+def test_a_snapshot_whose_lookups_are_packed_in_another_layout_is_refused():
+    older = Shard(AttributionConfig(), frozenset({(RAW, 0)}))
+    older.packing -= 1
+    with pytest.raises(RuntimeError, match="empty recovery.dir .*packed in another layout"):
+        ShardLogic(load_config(environ={}), pickle.dumps(older), frozenset({(RAW, 0)}), True, StateCollector(), Tally())
+
+
 def test_a_shard_resumes_from_its_own_snapshot():
     config = load_config(environ={}, overrides={"recovery.dir": "/unused"})
     logic = ShardLogic(config, None, frozenset({(RAW, 0)}), False, StateCollector(), Tally())
