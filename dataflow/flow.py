@@ -26,8 +26,8 @@ from dataflow import file_io, kafka_io
 from dataflow.attribution import Lookup, Shard
 from dataflow.config import Config, check_job, load_config
 from dataflow.entitlements import Entitlements
-from dataflow.packed import PACKING
 from dataflow.metrics import JobMetrics
+from dataflow.packed import PACKING
 from dataflow.records import DeadLetter, Origin, encode_batches
 from dataflow.routing import Routers, Tally
 from dataflow.shutdown import Shutdown
