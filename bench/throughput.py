@@ -13,6 +13,7 @@ import pstats
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,17 @@ from dataflow.config import FilesConfig
 
 TARGET_PER_CORE = 100_000
 PYTHON_SOURCE = "file mode, Python source (not compiled)"
+SAMPLED = "file mode, sampled (py-spy)"
+# Stacks read a hundred times a second: with native frames, each read stops the job for a few ms, and at
+# more the sampler falls behind on two busy cores.
+SAMPLE_HZ = 100
 # Where the job's time goes, by the cumulative time of the function that does each stage (the largest, when
 # a name is defined more than once in its module: the outermost). Nested stages are shown under theirs.
 STAGES = (
     ("route: decode, place addresses, weigh trust, group by shard", "dataflow/routing.py", "route", 0),
     ("decode and check the records", "dataflow/records.py", "decode_message", 1),
+    ("read input files", "dataflow/file_io.py", "next_batch", 0),
+    ("pack each lookup as it comes, before the arrival clock reaches it", "dataflow/attribution.py", "_packed", 0),
     ("apply evidence to shards, hold lookups (retries it triggers included)", "dataflow/attribution.py", "_apply", 0),
     ("decide due lookups", "dataflow/attribution.py", "_decide_due", 0),
     ("compare the two ends' clocks", "dataflow/attribution.py", "_sample_clocks", 1),
@@ -49,6 +56,71 @@ def stages(stats: pstats.Stats) -> dict[str, Any]:
               if (path, name) in cumulative]
     top = sum(share for _, depth, share in shares if depth == 0)
     return {"total_s": total, "shares": shares, "rest": max(0.0, 1 - top)}
+
+
+def sampled_stages(raw: str, within: str = "file_mode") -> dict[str, Any]:
+    """The stages' shares of a sampling profile (py-spy's raw stacks, `frame;frame;... count`): a stage's
+    share is of the stacks with its function anywhere in them, each stack counted once, of all the stacks
+    inside `within` (the job's run, without the process's start-up). A compiled function's frame is named
+    by its class and name (`Shard__decide_due`), its Python one by its name alone; both are the stage's."""
+    total = 0
+    inside: dict[str, int] = {label: 0 for label, *_ in STAGES}
+    own: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_frame(f) for f in stack.split(";")]
+        if not any(name == within for name, _ in frames):
+            continue
+        n = int(count)
+        total += n
+        own[f"{frames[-1][0]} ({frames[-1][1]})"] += n
+        for label, path, name, _ in STAGES:
+            file = path.rsplit("/", 1)[-1]
+            if any(where == file and _is_function(frame, name) for frame, where in frames):
+                inside[label] += n
+    if not total:
+        return {}
+    shares = [(label, depth, inside[label] / total) for label, _, _, depth in STAGES if inside[label]]
+    top = sum(share for _, depth, share in shares if depth == 0)
+    lines = [f"{'samples':>8} {'share':>6}  where the sampled stack was (its innermost frame)"]
+    lines += [f"{n:>8} {100 * n / total:5.1f}%  {where}" for where, n in own.most_common(22)]
+    return {"samples": total, "shares": shares, "rest": max(0.0, 1 - top), "profile": "\n".join(lines)}
+
+
+def _frame(text: str) -> tuple[str, str]:
+    """(function, file name) of one of py-spy's frames, `function (path:line)` or `function (library)`."""
+    name, _, where = text.rpartition(" (")
+    if not name:
+        return text, ""
+    where = where.rstrip(")").rsplit(":", 1)[0] if where[-2:-1].isdigit() else where.rstrip(")")
+    return name, where.rsplit("/", 1)[-1]
+
+
+def _is_function(frame: str, name: str) -> bool:
+    return frame == name or (frame.endswith("_" + name) and frame[: -len(name) - 1].isidentifier()
+                             and frame[:1].isupper())
+
+
+def file_mode_sampled(records: fleet.Records, workdir: Path) -> dict[str, Any]:
+    """The compiled file-mode run in a fresh process under a sampling profiler (py-spy, native frames
+    included, so that the compiled modules' own functions show). It reads the stacks from outside, so a
+    stage's share is what its time was, not what a hook at every call and return made it."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise RuntimeError(f"no {spy}: `make venv` installs it (pyproject.toml, the eval extra)")
+    raw = workdir / "sampled.txt"
+    run = subprocess.run([str(spy), "record", "--native", "--rate", str(SAMPLE_HZ), "--format", "raw", "--output", str(raw),
+                          "--", sys.executable, "-m", "bench.throughput", str(records.folder), str(records.flows),
+                          str(workdir)], env=os.environ | {"DATAFLOW_PURE": "0"}, cwd=fleet.REPO,
+                         capture_output=True, text=True, timeout=1800)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    if not lines or not raw.exists():
+        raise RuntimeError(f"the sampled run left no figures (exit {run.returncode}): {run.stderr[-2000:]}")
+    stages = sampled_stages(raw.read_text())
+    return {**json.loads(lines[-1]), "stages": {k: stages[k] for k in ("samples", "shares", "rest") if k in stages},
+            "profile": stages.get("profile", "")}
 
 
 @dataclass
@@ -162,6 +234,7 @@ def run(records: fleet.Records, workdir: Path, bootstrap: str | None, repeat: in
     guarded("file mode", lambda: median_run(lambda: file_mode_process(records, workdir, source=False), repeat), figures)
     guarded(PYTHON_SOURCE, lambda: median_run(lambda: file_mode_process(records, workdir, source=True), repeat), figures)
     guarded("file mode, cProfile", lambda: file_mode(records.folder, records.flows, workdir, profile=True), figures)
+    guarded(SAMPLED, lambda: file_mode_sampled(records, workdir), figures)
     if bootstrap:
         guarded("kafka, 1 process", lambda: median_run(lambda: end_to_end(bootstrap, records, workdir, 1, 600), repeat),
                 figures)
@@ -187,7 +260,7 @@ def _per_s(n: float, s: float | None) -> str:
 
 def table(figures: dict[str, Any]) -> list[str]:
     rows = ["| run | wall s | flows/s | CPU s | flows per CPU second | runs (wall s) |", "|---|---:|---:|---:|---:|---|"]
-    for name in ("kafka, 1 process", "file mode", PYTHON_SOURCE, "file mode, cProfile", "kafka, 1 process, cProfile"):
+    for name in ("kafka, 1 process", "file mode", PYTHON_SOURCE, "file mode, cProfile", SAMPLED, "kafka, 1 process, cProfile"):
         x = figures.get(name)
         if not x or "wall_s" not in x:
             continue
@@ -196,7 +269,7 @@ def table(figures: dict[str, Any]) -> list[str]:
         rows.append(f"| {name}{note} | {x['wall_s']:.1f} | {_per_s(x['flows'], x['wall_s'])} | {x['cpu_s']:.1f} "
                     f"| {_per_s(x['flows'], x['cpu_s'])} | {runs} |")
         busy = answering(x)
-        if busy and "cProfile" not in name:
+        if busy and "cProfile" not in name and name != SAMPLED:
             rows.append(f"| {name}, answering (first flow out -> 99% out) | {busy['wall_s']:.1f} "
                         f"| {_per_s(busy['flows'], busy['wall_s'])} | {busy['cpu_s']:.1f} "
                         f"| {_per_s(busy['flows'], busy['cpu_s'])} | |")
@@ -232,14 +305,14 @@ def phase_table(figures: dict[str, Any], rest: dict[str, Any] | None) -> list[st
 
 def stage_table(figures: dict[str, Any], core: float | None) -> list[str]:
     """The profiled runs' stages side by side, with what each costs a flow at the unprofiled rate."""
-    runs = [(name, figures[name]["stages"]) for name in ("kafka, 1 process, cProfile", "file mode, cProfile")
+    runs = [(name, figures[name]["stages"]) for name in ("kafka, 1 process, cProfile", "file mode, cProfile", SAMPLED)
             if figures.get(name, {}).get("stages")]
     if not runs:
         return []
     per_flow = {"kafka, 1 process, cProfile": 1e6 / core if core else None}
     file_mode_run = figures.get("file mode", {})
     if file_mode_run.get("cpu_s"):
-        per_flow["file mode, cProfile"] = 1e6 * file_mode_run["cpu_s"] / file_mode_run["flows"]
+        per_flow["file mode, cProfile"] = per_flow[SAMPLED] = 1e6 * file_mode_run["cpu_s"] / file_mode_run["flows"]
     labels: list[tuple[str, int]] = []
     for _, st in runs:
         for label, depth, _ in st["shares"]:
@@ -256,9 +329,12 @@ def stage_table(figures: dict[str, Any], core: float | None) -> list[str]:
             cells.append("- | -" if share is None else f"{100 * share:.0f}% | {share * us:.1f}" if us else f"{100 * share:.0f}% | -")
         rows.append(f"| {'&nbsp;&nbsp;of which: ' if depth else ''}{label} | " + " | ".join(cells) + " |")
     return ["### Where the time goes", "",
-            "Shares of each profiled run's CPU time by stage (cumulative time of the function doing it), and what",
-            "that share is of one flow's cost in the unprofiled run of the same mode (the median above). The",
-            f"goal allows {1e6 / TARGET_PER_CORE:.0f} µs a flow in all.", "",
+            "Shares of each profiled run's CPU time by stage (cProfile: the cumulative time of the function doing",
+            "it; sampled: the share of the sampled stacks that have that function in them), and what that share is",
+            "of one flow's cost in the unprofiled run of the same mode (the median above). The",
+            f"goal allows {1e6 / TARGET_PER_CORE:.0f} µs a flow in all. The sampled run's stacks are read "
+            f"{SAMPLE_HZ} times a second from outside the process and stop it for each read, which adds time",
+            "evenly wherever the process is rather than at every call: its shares are the ones to plan with.", "",
             *rows, ""]
 
 
@@ -293,6 +369,11 @@ def render(record: dict[str, Any], rest: dict[str, Any] | None = None) -> str:
                else f"**missed** by {TARGET_PER_CORE / core:.1f}x: {core:,.0f} flows per CPU second, "
                     f"{1e6 / core:.0f} µs a flow against {1e6 / TARGET_PER_CORE:.0f}")
     profiles = phase_table(figures, rest) + stage_table(figures, core)
+    if figures.get(SAMPLED, {}).get("profile"):
+        profiles += [f"### Profile: {SAMPLED} (where the samples fell)", "",
+                     "The innermost frame of each sampled stack: a function of a compiled module, or the interpreter's",
+                     "own code (reference counting inlined into the compiled modules shows as object.h), or a library's.",
+                     "", "```", figures[SAMPLED]["profile"], "```", ""]
     for name in ("file mode, cProfile", "kafka, 1 process, cProfile"):
         if figures.get(name, {}).get("profile"):
             profiles += [f"### Profile: {name} (top functions by own time)", "", "```", figures[name]["profile"], "```", ""]
