@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import at_rest, fleet
-from bench.harness import cpu_seconds, guarded, median_run, new_consumer, start_jobs, stop_jobs, trim_profile
+from bench.harness import cpu_seconds, guarded, median_run, new_consumer, rss_bytes, start_jobs, stop_jobs, trim_profile
 from dataflow import simulate as sim
 from dataflow.config import FilesConfig
 
@@ -168,12 +168,14 @@ def end_to_end(bootstrap: str, records: fleet.Records, workdir: Path, processes:
             progress.points.append((now, flows, sum(cpu_seconds(j.pid) for j in jobs)))
         ended = time.monotonic()
         cpu = progress.points[-1][2] if progress.points else 0.0
+        peak = max((rss_bytes(j.pid, "VmHWM") for j in jobs if j.poll() is None), default=0)
     finally:
         errors = stop_jobs(jobs)
         consumer.close()
     result: dict[str, Any] = {
         "processes": processes, "flows": flows, "expected": records.flows, "complete": flows >= records.flows,
         "wall_s": ended - started, "cpu_s": cpu, "first_output_s": (first_output - started) if first_output else None,
+        "peak_rss": peak,
     }
     if not result["complete"]:
         result["error"] = f"{flows} of {records.flows} flows within {timeout_s:.0f} s; " + errors
@@ -259,20 +261,22 @@ def _per_s(n: float, s: float | None) -> str:
 
 
 def table(figures: dict[str, Any]) -> list[str]:
-    rows = ["| run | wall s | flows/s | CPU s | flows per CPU second | runs (wall s) |", "|---|---:|---:|---:|---:|---|"]
+    rows = ["| run | wall s | flows/s | CPU s | flows per CPU second | peak RSS | runs (wall s) |",
+            "|---|---:|---:|---:|---:|---:|---|"]
     for name in ("kafka, 1 process", "file mode", PYTHON_SOURCE, "file mode, cProfile", SAMPLED, "kafka, 1 process, cProfile"):
         x = figures.get(name)
         if not x or "wall_s" not in x:
             continue
         runs = ", ".join(f"{w:.1f}" for w in x.get("runs_wall_s", []))
         note = "" if x.get("complete") else " (INCOMPLETE)"
+        peak = f"{x['peak_rss'] / 2**20:,.0f} MiB" if x.get("peak_rss") else "-"
         rows.append(f"| {name}{note} | {x['wall_s']:.1f} | {_per_s(x['flows'], x['wall_s'])} | {x['cpu_s']:.1f} "
-                    f"| {_per_s(x['flows'], x['cpu_s'])} | {runs} |")
+                    f"| {_per_s(x['flows'], x['cpu_s'])} | {peak} | {runs} |")
         busy = answering(x)
         if busy and "cProfile" not in name and name != SAMPLED:
             rows.append(f"| {name}, answering (first flow out -> 99% out) | {busy['wall_s']:.1f} "
                         f"| {_per_s(busy['flows'], busy['wall_s'])} | {busy['cpu_s']:.1f} "
-                        f"| {_per_s(busy['flows'], busy['cpu_s'])} | |")
+                        f"| {_per_s(busy['flows'], busy['cpu_s'])} | | |")
     return rows
 
 
@@ -385,7 +389,8 @@ def render(record: dict[str, Any], rest: dict[str, Any] | None = None) -> str:
         f"({r['raw_flows']:,} raw, {r['forwarded_flows']:,} forwarded in), {r['records']:,} records in {r['messages']:,} "
         f"messages ({r['raw_bytes'] / 1e6:.0f} MB of JSON), the raw topic in {r['raw_partitions']} partitions keyed by exporter.",
         "*kafka*: the records pre-loaded, `flowattr run` started and timed until every flow is out (start-up and the",
-        "final wait for the arrival clock included; CPU = utime + stime of the job process from /proc).",
+        "final wait for the arrival clock included; CPU = utime + stime of the job process from /proc; peak RSS:",
+        "the most the job process held, VmHWM, read as it ends: a replay's memory, every partition read at once).",
         "*file mode*: the same job on the same batches as files, each run in a fresh process; *Python source*: the",
         "same with DATAFLOW_PURE=1, the per-record modules imported from their source instead of their compiled",
         "build (setup.py). The cProfile runs (file mode in the bench's process, Kafka in the job's) time by the",

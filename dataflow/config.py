@@ -39,7 +39,17 @@ class KafkaConfig:
     caught_up_margin_ms: int = 1000
     # Without recovery, a restarted job reads from here: "beginning" (backfill) or "end".
     starting_offset: str = "beginning"
-    batch_size: int = 1000
+    # Messages each input partition's reader hands on at once. A worker routes a batch whole before it
+    # polls its next reader, so a large one delays every other reader (and the arrival clock with it),
+    # while what was read waits in memory; small ones cost no measurable CPU.
+    batch_size: int = 100
+    # What each input partition's reader may fetch ahead of the job (librdkafka's
+    # queued.max.messages.kbytes, one reader per partition): a job that is behind, as in every replay,
+    # holds this much per partition besides its own state. librdkafka's own default is 64 MiB.
+    prefetch_kbytes: int = 8192
+    # How far, in arrival time, one input partition may be read ahead of the slowest one the same process
+    # reads (dataflow/kafka_io.py, ReadPace): in a replay, what is read ahead waits in the shards' memory.
+    read_ahead_ms: int = 5000
     # Security of every client (job, exporter, tail, admin): dataflow/kafka_client.py. PLAINTEXT, SSL,
     # SASL_PLAINTEXT or SASL_SSL; SASL with PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
     security_protocol: str = "PLAINTEXT"
@@ -322,6 +332,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "kafka.ssl_verify_hostname": (0, 1),
     "metrics.port": (0, 65535),
     "kafka.batch_size": (1, 100_000),
+    "kafka.prefetch_kbytes": (1, 2_097_151),
+    "kafka.read_ahead_ms": (1000, 86_400_000),
     "kafka.max_message_bytes": (10_000, 1_000_000_000),
     "kafka.timeout_s": (0.1, 3600),
     "kafka.caught_up_margin_ms": (0, 600_000),

@@ -62,8 +62,9 @@ def build(config: Config, tally: Tally, shutdown: Shutdown | None = None) -> Dat
         kafka_io.follow_entitlements(config, entitlements)
         partitions = kafka_io.partitions_of(config)
         streams = []
+        pace = kafka_io.ReadPace(config.kafka.read_ahead_ms)
         for topic, role in kafka_io.input_topics(config).items():
-            raw = op.input(f"read_{role}", flow, shutdown.source(kafka_io.source(config, topic, metrics.position)))
+            raw = op.input(f"read_{role}", flow, shutdown.source(kafka_io.source(config, topic, metrics.position, pace)))
             streams.append(op.map(f"as_message_{role}", raw, lambda m, role=role: kafka_io.as_message(m, role)))
         messages = op.merge("messages", *streams)
     if entitlements.required and not entitlements.exporters():

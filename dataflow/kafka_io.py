@@ -53,6 +53,8 @@ CAUGHT_UP_EVERY_S = 0.1
 IDLE_POLL_S = 0.25
 # While a question about its end is in flight, a partition looks for the answer this often.
 ANSWER_POLL_S = 0.05
+# A reader held back by its pace (ReadPace) looks again after this long.
+PACE_POLL_S = 0.05
 # A question about a partition's end not answered in this long is given up and asked again by a new client.
 UNANSWERED_MS = 10_000
 # Told where a reader is: (topic, partition, next offset to read, the partition's low and high watermarks).
@@ -259,9 +261,10 @@ class LastError:
         return self.text or e.args[0].str()
 
 
-def source(config: Config, topic: str, watch: PositionWatch | None = None) -> KafkaSource:
+def source(config: Config, topic: str, watch: PositionWatch | None = None, pace: ReadPace | None = None) -> KafkaSource:
     """watch: told where each reader is, for the job's own consumer lag (Bytewax keeps offsets in its
-    snapshots, not in a consumer group that lag tools could see)."""
+    snapshots, not in a consumer group that lag tools could see). pace: shared by every reader of the
+    process, so that none runs far ahead of the others."""
     offset = OFFSET_BEGINNING if config.kafka.starting_offset == "beginning" else OFFSET_END
     return ArrivalSource(
         config.kafka.brokers.split(","),
@@ -269,12 +272,62 @@ def source(config: Config, topic: str, watch: PositionWatch | None = None) -> Ka
         tail=True,
         starting_offset=offset,
         # Errors only: a broker's passing warnings (a coordinator still loading) are not the user's business.
-        add_config={**security_settings(config.kafka), "log_level": "3"},
+        add_config={**security_settings(config.kafka), "log_level": "3",
+                    "queued.max.messages.kbytes": str(config.kafka.prefetch_kbytes)},
         batch_size=config.kafka.batch_size,
         raise_on_errors=False,
         margin_ms=config.kafka.caught_up_margin_ms,
         watch=watch,
+        pace=pace,
     )
+
+
+class ReadPace:
+    """How far, in arrival time, each input partition this process reads has been read.
+
+    Shards apply evidence only as far as the slowest input partition has been read and hold whatever was
+    read from further ahead. In a replay every reader could run as fast as its partition allows, and one
+    whose messages cover more arrival time each (fewer or smaller ones a second) would fill the shards
+    with input they cannot use yet, more the longer the replay. So a reader more than `lead_ms` ahead of
+    the slowest reader here waits, and its partition waits in Kafka instead (besides what librdkafka has
+    fetched ahead, `kafka.prefetch_kbytes`). Live, every partition is caught up and none waits. Readers in
+    other processes are not seen: each process paces its own."""
+
+    def __init__(self, lead_ms: int):
+        self.lead_ms = lead_ms
+        self._reached: dict[tuple[str, int], int | None] = {}  # None: joined, nothing read yet
+        self._unheard = 0
+        self._lock = threading.Lock()
+        self.waits = 0  # polls a reader held off
+
+    def join(self, partition: tuple[str, int]) -> None:
+        """A reader of this process starts: until it has read something (or caught up), it is the slowest
+        one, since the arrival clock waits for it too."""
+        with self._lock:
+            if partition not in self._reached:
+                self._reached[partition] = None
+                self._unheard += 1
+
+    def read(self, partition: tuple[str, int], arrival_ms: int) -> None:
+        with self._lock:
+            before = self._reached.get(partition)
+            if before is None:
+                self._unheard -= partition in self._reached
+                self._reached[partition] = arrival_ms
+            elif arrival_ms > before:
+                self._reached[partition] = arrival_ms
+
+    def ahead(self, partition: tuple[str, int]) -> bool:
+        """Whether the partition's reader is to wait: it has read more than the lead past the slowest
+        reader, or anything while another has read nothing yet. The slowest never waits."""
+        with self._lock:
+            mine = self._reached.get(partition)
+            if mine is None:
+                return False
+            if not self._unheard and mine - min(self._reached.values()) <= self.lead_ms:  # type: ignore[type-var]
+                return False
+            self.waits += 1
+            return True
 
 
 class CaughtUp:
@@ -290,17 +343,19 @@ class ArrivalSource(KafkaSource):
     """Bytewax's Kafka source, whose partitions also say when they have caught up with the broker:
     a quiet partition must not hold the arrival clock back, and only its reader knows it is quiet."""
 
-    def __init__(self, *args, margin_ms: int, watch: PositionWatch | None = None, **kwargs):
+    def __init__(self, *args, margin_ms: int, watch: PositionWatch | None = None, pace: ReadPace | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.margin_ms = margin_ms
         self.watch = watch
+        self.pace = pace
         self._admin: AdminClient | None = None
         self._replaced_at = -1.0  # a broken broker must not have a new client made every 0.1 s
         self._admin_lock = threading.Lock()
 
     def build_part(self, step_id, for_part, resume_state):
         return _CaughtUpPartition(super().build_part(step_id, for_part, resume_state), self.margin_ms, self.watch,
-                                  self.admin)
+                                  self.admin, self.pace)
 
     def admin(self, failed: AdminClient | None = None) -> AdminClient:
         """One client per process asks the broker for its partitions' high watermarks. A client whose
@@ -325,12 +380,17 @@ class _CaughtUpPartition(StatefulSourcePartition):
     loaded machine can leave seconds behind, so the word is given only after the broker itself was
     asked for the partition's end, and speaks of the moment the question was sent."""
 
-    def __init__(self, inner, margin_ms: int, watch: PositionWatch | None, admin: Callable[..., AdminClient]):
+    def __init__(self, inner, margin_ms: int, watch: PositionWatch | None, admin: Callable[..., AdminClient],
+                 pace: ReadPace | None = None):
         self.inner = inner
         self.margin_ms = margin_ms
         self.watch = watch
         self.admin = admin
+        self.pace = pace
         self.partition = TopicPartition(inner._topic, inner._part_idx)
+        self.key = (inner._topic, inner._part_idx)
+        if pace is not None:
+            pace.join(self.key)
         self.said_at = 0.0
         self.said_cell = -1  # the due-grid cell of the last word
         self.asked: tuple[Future, int, AdminClient] | None = None  # a question in flight: when, by whom
@@ -338,11 +398,18 @@ class _CaughtUpPartition(StatefulSourcePartition):
 
     def next_batch(self):
         self.awake = None
+        if self.pace is not None and self.pace.ahead(self.key):
+            self._tell_watch(self._cached_ends())
+            self.awake = datetime.now(timezone.utc) + timedelta(seconds=PACE_POLL_S)
+            return []
         batch = self.inner.next_batch()
         cached = self._cached_ends()
-        if self.watch is not None and cached is not None:
-            self.watch(self.partition.topic, self.partition.partition, self.inner._offset, *cached)
+        self._tell_watch(cached)
         if batch:
+            if self.pace is not None:
+                read = max((_arrival(m) or -1 for m in batch if type(m) is KafkaSourceMessage), default=-1)
+                if read >= 0:
+                    self.pace.read(self.key, read)
             return batch
         if cached is None or not self._caught_up(*cached):
             return batch
@@ -350,6 +417,8 @@ class _CaughtUpPartition(StatefulSourcePartition):
         if word is not None:
             self.said_cell = word.at_ms // Shard.DUE_GRID_MS
             self.awake = self._next_wake()
+            if self.pace is not None:
+                self.pace.read(self.key, word.at_ms)
             return [word]
         now = time.monotonic()
         # Shards decide only at points of the due grid: a word that would not carry this partition past
@@ -359,6 +428,11 @@ class _CaughtUpPartition(StatefulSourcePartition):
             self._ask()
         self.awake = self._next_wake()
         return batch
+
+    def _tell_watch(self, cached: tuple[int, int] | None) -> None:
+        # Told even while the reader waits: a reader held back by its pace is alive.
+        if self.watch is not None and cached is not None:
+            self.watch(self.partition.topic, self.partition.partition, self.inner._offset, *cached)
 
     def _next_point_ms(self) -> int:
         """The wall-clock moment the margin-delayed clock passes the due point after the last word: a
