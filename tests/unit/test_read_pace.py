@@ -1,6 +1,6 @@
 """Readers of one process keep pace with each other in arrival time: in a replay, a partition read far
 ahead of the slowest one would only fill the shards with input they cannot apply yet. (What it
-bounds in a replay of uneven partitions, against a real broker: tests/integration/test_read_pace.py.)"""
+bounds in a replay of uneven partitions, against a real broker: tests/integration/test_paced_readers.py.)"""
 from __future__ import annotations
 
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, TIMESTAMP_NOT_AVAILABLE
